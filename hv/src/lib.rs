@@ -99,15 +99,9 @@ pub trait Partition: Send + Sync {
     /// Interrupt controller placement chosen at creation.
     fn irqchip_mode(&self) -> IrqChipMode;
 
-    /// Maps a region of guest memory at `guest_address`. Read-only slots turn guest writes
+    /// Maps a region of guest memory at its guest address. Read-only slots turn guest writes
     /// into MMIO writes through [`CpuIo::mmio_write`]. `slot` numbers are chosen by the caller.
-    fn map_memory(
-        &self,
-        slot: u32,
-        guest_address: u64,
-        region: Arc<GuestRegionMmap>,
-        read_only: bool,
-    ) -> Result<()>;
+    fn map_memory(&self, slot: u32, region: Arc<GuestRegionMmap>, read_only: bool) -> Result<()>;
 
     /// Removes a slot mapped with [`Partition::map_memory`].
     fn unmap_memory(&self, slot: u32) -> Result<()>;

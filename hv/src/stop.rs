@@ -39,14 +39,19 @@ pub struct StopHandle {
 
 impl std::fmt::Debug for StopHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StopHandle").field("pending", &self.pending.load(Ordering::Relaxed)).finish()
+        f.debug_struct("StopHandle")
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
 impl StopHandle {
     /// Creates a handle whose `kick` forces the processor out of guest mode promptly.
     pub fn new(kick: impl Fn() + Send + Sync + 'static) -> Self {
-        Self { pending: AtomicU8::new(NONE), kick: Box::new(kick) }
+        Self {
+            pending: AtomicU8::new(NONE),
+            kick: Box::new(kick),
+        }
     }
 
     /// Asks the processor to return from `run` with `reason`

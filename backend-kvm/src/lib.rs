@@ -475,9 +475,11 @@ impl KvmVp {
                     })
                 }
                 Ok(VcpuExit::InternalError) => return self.emulation_failure(),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => return Err(HvError::Unavailable(format!(
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return Err(HvError::Unavailable(format!(
                     "KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
-                ))),
+                )))
+                }
                 Ok(other) => {
                     tracing::warn!(vp = self.index, exit = ?other, "unexpected KVM exit ignored");
                 }

@@ -54,19 +54,28 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("kind", &self.kind).field("ranges", &self.ranges.len()).finish()
+        f.debug_struct("Bus")
+            .field("kind", &self.kind)
+            .field("ranges", &self.ranges.len())
+            .finish()
     }
 }
 
 impl Bus {
     /// An empty bus of `kind`.
     pub fn new(kind: BusKind) -> Self {
-        Self { kind, ranges: Vec::new() }
+        Self {
+            kind,
+            ranges: Vec::new(),
+        }
     }
 
     /// Registers `device` for `start..start+len`.
     pub fn insert(&mut self, start: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
-        let name = device.lock().map(|d| d.name().to_string()).unwrap_or_default();
+        let name = device
+            .lock()
+            .map(|d| d.name().to_string())
+            .unwrap_or_default();
         if len == 0 {
             return Err(BusError::Empty(name));
         }
@@ -78,8 +87,17 @@ impl Bus {
             .filter_map(|i| self.ranges.get(i))
             .find(|r| r.start < end && start < r.end);
         if let Some(r) = clash {
-            let existing = r.device.lock().map(|d| d.name().to_string()).unwrap_or_default();
-            return Err(BusError::Overlap { new: name, existing, start, end });
+            let existing = r
+                .device
+                .lock()
+                .map(|d| d.name().to_string())
+                .unwrap_or_default();
+            return Err(BusError::Overlap {
+                new: name,
+                existing,
+                start,
+                end,
+            });
         }
         self.ranges.insert(pos, Range { start, end, device });
         Ok(())
@@ -94,7 +112,9 @@ impl Bus {
 
     /// Reads at `address`; returns false (leaving `data` untouched) when nothing claims it.
     pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
-        let Some(device) = self.find(address) else { return false };
+        let Some(device) = self.find(address) else {
+            return false;
+        };
         let mut d = lock(device);
         match self.kind {
             BusKind::Port => match d.port_io() {
@@ -111,7 +131,9 @@ impl Bus {
 
     /// Writes at `address`; returns false when nothing claims it.
     pub fn write(&self, address: u64, data: &[u8]) -> bool {
-        let Some(device) = self.find(address) else { return false };
+        let Some(device) = self.find(address) else {
+            return false;
+        };
         let mut d = lock(device);
         match self.kind {
             BusKind::Port => match d.port_io() {

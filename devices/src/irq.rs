@@ -59,7 +59,12 @@ pub struct RecordingSink {
 impl RecordingSink {
     /// Current level of `line` (false when never driven).
     pub fn level(&self, line: u32) -> bool {
-        self.levels.lock().unwrap().get(&line).copied().unwrap_or(false)
+        self.levels
+            .lock()
+            .unwrap()
+            .get(&line)
+            .copied()
+            .unwrap_or(false)
     }
     /// Every change seen so far, in order; clears the record.
     pub fn take_changes(&self) -> Vec<(u32, bool)> {

@@ -5,10 +5,23 @@
 //! ([`Poll`]). Interrupt outputs are [`IrqLine`]s handed to the device when it is built.
 //! The [`bus`] module dispatches accesses by sorted address ranges.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bus;
 pub mod clock;
+pub mod debugcon;
+pub mod dma;
+pub mod i440fx;
+pub mod ioapic;
 pub mod irq;
+pub mod pci;
+pub mod pic;
+pub mod piix3;
+pub mod pit;
+pub mod router;
+pub mod rtc;
+pub mod system_control;
+pub mod uart;
 
 pub use clock::{Clock, HostClock, ManualClock};
 pub use irq::{IrqLine, LineSink};

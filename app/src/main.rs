@@ -1,0 +1,47 @@
+//! `terrarium`: the desktop app (no arguments) and the command line (`terrarium run ...`).
+#![forbid(unsafe_code)]
+
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Terrarium runs isolated local virtual machines.
+#[derive(Parser, Debug)]
+#[command(name = "terrarium", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one VM headless until it powers off.
+    Run(run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERRARIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Some(Command::Run(args)) => match run::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("terrarium: {e:#}");
+                1
+            }
+        },
+        None => {
+            eprintln!(
+                "terrarium: this build has no desktop window yet; run a VM headless with \
+                 `terrarium run` (see `terrarium run --help`)"
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,343 @@
+//! The PC chipset: which devices exist, where they decode, and how their interrupts are wired.
+//!
+//! Split irqchip: PIC, PIT and IOAPIC are the `devices` models; ISA line n drives PIC input n
+//! and IOAPIC pin n (no IRQ0→pin 2 override, matching SeaBIOS's tables without fw_cfg), and
+//! the IOAPIC delivers through the partition's MSI injection. In-kernel irqchip: those three
+//! live in the hypervisor and lines are driven with `set_irq_line`.
+
+use crate::vcpu::Control;
+use crate::{MachineConfig, MachineEvent, OffReason};
+use devices::bus::{lock, shared, Bus, BusKind, SharedDevice};
+use devices::debugcon::{DebugCon, DEBUGCON_PORT};
+use devices::dma::{Dma8237, DMA_PORT_RANGES};
+use devices::i440fx::I440fx;
+use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::pci::{PciRoot, PCI_PORT_RANGES};
+use devices::pic::Pic;
+use devices::piix3::Piix3;
+use devices::pit::{Pit, PIT_PORT_RANGES};
+use devices::router::IrqRouter;
+use devices::rtc::{PcCmosConfig, Rtc, RTC_PORT_RANGES};
+use devices::system_control::{ResetKind, SystemControl, SYSTEM_CONTROL_PORT_RANGES};
+use devices::uart::Uart;
+use devices::{Clock, HostClock, IrqLine, LineSink, TimerWaker};
+use hv::{CpuIo, IrqChipMode, MsiMessage, Partition};
+use std::collections::HashSet;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// First serial port.
+pub const COM1: (u16, u32) = (0x3f8, 4);
+
+/// Interrupt lines into the hypervisor's own PIC/IOAPIC (in-kernel mode).
+struct KernelLines(Arc<dyn Partition>);
+
+impl LineSink for KernelLines {
+    fn set_line(&self, line: u32, level: bool) {
+        if let Err(e) = self.0.set_irq_line(line, level) {
+            tracing::warn!(line, "cannot drive interrupt line: {e}");
+        }
+    }
+}
+
+/// IOAPIC messages into the partition.
+struct PartitionMsi(Arc<dyn Partition>);
+
+impl MsiSink for PartitionMsi {
+    fn deliver(&self, msi: MsiMessage) {
+        if let Err(e) = self.0.request_msi(msi) {
+            tracing::warn!(?msi, "MSI delivery failed: {e}");
+        }
+    }
+    fn route_changed(&self, pin: u8, msi: Option<MsiMessage>) {
+        if let Err(e) = self.0.set_ioapic_route(pin, msi) {
+            tracing::warn!(pin, "IOAPIC route update failed: {e}");
+        }
+    }
+}
+
+#[derive(Default)]
+struct TimerState {
+    woken: bool,
+    shutdown: bool,
+}
+
+/// All chipset devices of one machine and their dispatch tables.
+pub struct Chipset {
+    ports: Bus,
+    mmio: Bus,
+    pic: Option<Arc<Mutex<Pic>>>,
+    ioapic: Option<Arc<Mutex<IoApic>>>,
+    uart: Arc<Mutex<Uart>>,
+    devices: Vec<SharedDevice>,
+    clock: Arc<dyn Clock>,
+    timer: Arc<(Mutex<TimerState>, Condvar)>,
+    unclaimed: Mutex<HashSet<(bool, u64)>>,
+}
+
+fn add_ports(bus: &mut Bus, ranges: &[(u16, u16)], dev: &SharedDevice) -> Result<(), String> {
+    for &(start, len) in ranges {
+        bus.insert(u64::from(start), u64::from(len), dev.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+impl Chipset {
+    /// Builds the chipset for `config`.
+    pub(crate) fn new(
+        config: &MachineConfig,
+        memory: &crate::memory::MemoryMap,
+        partition: Arc<dyn Partition>,
+        events: Sender<MachineEvent>,
+        control: Arc<Control>,
+    ) -> Result<Self, String> {
+        let clock: Arc<dyn Clock> = Arc::new(HostClock::new());
+        let timer: Arc<(Mutex<TimerState>, Condvar)> = Arc::default();
+        let t = timer.clone();
+        let waker = TimerWaker::new(move || {
+            lock(&t.0).woken = true;
+            t.1.notify_one();
+        });
+        let weak: Weak<Control> = Arc::downgrade(&control);
+        let mut ports = Bus::new(BusKind::Port);
+        let mut mmio = Bus::new(BusKind::Mmio);
+        let mut devices: Vec<SharedDevice> = Vec::new();
+
+        let (sink, pic, ioapic): (Arc<dyn LineSink>, _, _) = match partition.irqchip_mode() {
+            IrqChipMode::Split => {
+                let w = weak.clone();
+                let pic = shared(Pic::new(Arc::new(move |high| {
+                    if high {
+                        if let Some(c) = w.upgrade() {
+                            c.kick_bsp();
+                        }
+                    }
+                })));
+                let ioapic = shared(IoApic::new(
+                    IOAPIC_BASE,
+                    Arc::new(PartitionMsi(partition.clone())),
+                ));
+                let d: SharedDevice = pic.clone();
+                add_ports(&mut ports, &[(0x20, 2), (0xa0, 2), (0x4d0, 2)], &d)?;
+                devices.push(d);
+                let d: SharedDevice = ioapic.clone();
+                mmio.insert(IOAPIC_BASE, IOAPIC_SIZE, d.clone())
+                    .map_err(|e| e.to_string())?;
+                devices.push(d);
+                let router = IrqRouter::new(pic.clone(), ioapic.clone());
+                (
+                    Arc::new(router) as Arc<dyn LineSink>,
+                    Some(pic),
+                    Some(ioapic),
+                )
+            }
+            IrqChipMode::InKernel => (
+                Arc::new(KernelLines(partition.clone())) as Arc<dyn LineSink>,
+                None,
+                None,
+            ),
+        };
+        let line = |n: u32| IrqLine::new(sink.clone(), n);
+
+        if partition.irqchip_mode() == IrqChipMode::Split {
+            let pit: SharedDevice = shared(Pit::new(clock.clone(), line(0), waker.clone()));
+            add_ports(&mut ports, &PIT_PORT_RANGES, &pit)?;
+            devices.push(pit);
+        }
+
+        let mut rtc = Rtc::with_host_time(clock.clone(), line(8), waker.clone());
+        rtc.apply_pc_config(&PcCmosConfig {
+            ram_below_4g: memory.below_4g,
+            ram_above_4g: memory.above_4g,
+            cpus: config.cpus,
+            boot_order: config.boot_order.clone(),
+            floppies: Default::default(),
+        });
+        let rtc: SharedDevice = shared(rtc);
+        add_ports(&mut ports, &RTC_PORT_RANGES, &rtc)?;
+        devices.push(rtc);
+
+        let tx = events.clone();
+        let uart = shared(Uart::new(
+            "com1",
+            COM1.0,
+            line(COM1.1),
+            Box::new(move |b| {
+                let _ = tx.send(MachineEvent::Serial(vec![b]));
+            }),
+        ));
+        let d: SharedDevice = uart.clone();
+        add_ports(&mut ports, &[(COM1.0, 8)], &d)?;
+        devices.push(d);
+
+        let tx = events;
+        let debugcon: SharedDevice = shared(DebugCon::new(
+            DEBUGCON_PORT,
+            Box::new(move |b| {
+                let _ = tx.send(MachineEvent::DebugPort(vec![b]));
+            }),
+        ));
+        add_ports(&mut ports, &[(DEBUGCON_PORT, 1)], &debugcon)?;
+        devices.push(debugcon);
+
+        let w = weak;
+        let sysctl: SharedDevice = shared(SystemControl::new(Arc::new(move |kind| {
+            let Some(c) = w.upgrade() else { return };
+            match kind {
+                ResetKind::PowerOff => c.power_off(OffReason::GuestPowerOff),
+                _ => c.request_reset("guest request"),
+            }
+        })));
+        add_ports(&mut ports, &SYSTEM_CONTROL_PORT_RANGES, &sysctl)?;
+        devices.push(sysctl);
+
+        let dma: SharedDevice = shared(Dma8237::new());
+        add_ports(&mut ports, &DMA_PORT_RANGES, &dma)?;
+        devices.push(dma);
+
+        let mut root = PciRoot::new();
+        for (dev, func, d) in [
+            (0, 0, shared(I440fx::new()) as SharedDevice),
+            (1, 0, shared(Piix3::new()) as SharedDevice),
+        ] {
+            root.register(dev, func, d.clone())
+                .map_err(|e| e.to_string())?;
+            devices.push(d);
+        }
+        let pci: SharedDevice = shared(root);
+        add_ports(&mut ports, &PCI_PORT_RANGES, &pci)?;
+        devices.push(pci);
+
+        Ok(Self {
+            ports,
+            mmio,
+            pic,
+            ioapic,
+            uart,
+            devices,
+            clock,
+            timer,
+            unclaimed: Mutex::default(),
+        })
+    }
+
+    /// The vCPU-side view of the chipset.
+    pub fn io(&self) -> &dyn CpuIo {
+        self
+    }
+
+    /// Puts every device back into its power-on state.
+    pub fn reset(&self) {
+        for d in &self.devices {
+            lock(d).reset();
+        }
+        let (m, cv) = &*self.timer;
+        lock(m).woken = true;
+        cv.notify_one();
+    }
+
+    /// Queues bytes for the first serial port's receiver.
+    pub fn serial_input(&self, bytes: &[u8]) {
+        lock(&self.uart).push_input(bytes);
+    }
+
+    /// Stops the timer thread.
+    pub fn shutdown(&self) {
+        let (m, cv) = &*self.timer;
+        lock(m).shutdown = true;
+        cv.notify_one();
+    }
+
+    /// Runs device deadlines until [`Chipset::shutdown`].
+    pub fn run_timers(&self) {
+        let (m, cv) = &*self.timer;
+        loop {
+            let now = self.clock.now_ns();
+            let mut next: Option<u64> = None;
+            for d in &self.devices {
+                let mut d = lock(d);
+                if let Some(p) = d.poll() {
+                    if let Some(t) = p.poll(now) {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                }
+            }
+            let mut g = lock(m);
+            if g.shutdown {
+                return;
+            }
+            if !g.woken {
+                let wait = next.map_or(Duration::from_millis(100), |t| {
+                    Duration::from_nanos(t.saturating_sub(self.clock.now_ns()))
+                });
+                g = cv
+                    .wait_timeout(g, wait)
+                    .map(|r| r.0)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            g.woken = false;
+            if g.shutdown {
+                return;
+            }
+        }
+    }
+
+    fn note_unclaimed(&self, mmio: bool, address: u64, write: bool) {
+        if lock(&self.unclaimed).insert((mmio, address)) {
+            let kind = if mmio { "MMIO" } else { "port" };
+            let dir = if write { "write to" } else { "read of" };
+            tracing::debug!("unclaimed {kind} {dir} {address:#x}");
+        }
+    }
+}
+
+impl CpuIo for Chipset {
+    fn io_read(&self, _vp: u32, port: u16, data: &mut [u8]) {
+        if !self.ports.read(u64::from(port), data) {
+            data.fill(0xff);
+            self.note_unclaimed(false, u64::from(port), false);
+        }
+    }
+
+    fn io_write(&self, _vp: u32, port: u16, data: &[u8]) {
+        if !self.ports.write(u64::from(port), data) {
+            self.note_unclaimed(false, u64::from(port), true);
+        }
+    }
+
+    fn mmio_read(&self, _vp: u32, address: u64, data: &mut [u8]) {
+        if !self.mmio.read(address, data) {
+            data.fill(0xff);
+            self.note_unclaimed(true, address, false);
+        }
+    }
+
+    fn mmio_write(&self, _vp: u32, address: u64, data: &[u8]) {
+        if !self.mmio.write(address, data) {
+            self.note_unclaimed(true, address, true);
+        }
+    }
+
+    fn eoi(&self, _vp: u32, vector: u8) {
+        if let Some(io) = &self.ioapic {
+            lock(io).end_of_interrupt(vector);
+        }
+    }
+
+    fn pic_interrupt_pending(&self, vp: u32) -> bool {
+        vp == 0
+            && self
+                .pic
+                .as_ref()
+                .is_some_and(|p| lock(p).interrupt_pending())
+    }
+
+    fn pic_acknowledge(&self, vp: u32) -> Option<u8> {
+        if vp != 0 {
+            return None;
+        }
+        self.pic.as_ref().and_then(|p| lock(p).acknowledge())
+    }
+}

@@ -1,0 +1,306 @@
+//! The motherboard: assembles a PC from a [`MachineConfig`] on a hypervisor partition and runs
+//! it.
+//!
+//! It owns the memory map (RAM, the BIOS ROM and its low alias), the chipset devices and their
+//! port/MMIO dispatch, interrupt routing (user-space PIC/IOAPIC/PIT in split mode, the
+//! hypervisor's in in-kernel mode), one thread per vCPU, a timer thread for device deadlines,
+//! the lifecycle (start, pause, resume, reset, power off) and an event stream for the UI.
+#![forbid(unsafe_code)]
+
+pub mod chipset;
+pub mod firmware;
+pub mod linux;
+pub mod memory;
+mod vcpu;
+
+pub use devices::rtc::BootDevice;
+pub use hv::IrqChipMode;
+pub use linux::LinuxBoot;
+
+use chipset::Chipset;
+use hv::{Partition, PartitionConfig};
+use memory::{BiosRom, MemoryMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use vcpu::Control;
+
+/// Smallest and largest guest memory accepted, in MiB.
+pub const MEMORY_RANGE_MIB: (u64, u64) = (16, 1 << 20);
+/// Largest vCPU count accepted (the hypervisor may allow fewer).
+pub const MAX_CPUS: u32 = 255;
+
+/// Which CPU backend runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The best one available on this host.
+    #[default]
+    Auto,
+    /// Linux KVM.
+    Kvm,
+    /// Windows Hypervisor Platform.
+    Whp,
+    /// The software CPU.
+    Emu,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// BIOS image; `None` searches the usual system paths.
+    pub firmware: Option<PathBuf>,
+    /// Direct Linux boot instead of firmware.
+    pub linux: Option<LinuxBoot>,
+    /// Boot device order recorded in CMOS for the firmware.
+    pub boot_order: Vec<BootDevice>,
+    /// Interrupt controller placement.
+    pub irqchip: IrqChipMode,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: 128,
+            cpus: 1,
+            firmware: None,
+            linux: None,
+            boot_order: vec![BootDevice::Cdrom, BootDevice::Disk, BootDevice::Floppy],
+            irqchip: IrqChipMode::Split,
+        }
+    }
+}
+
+/// Errors setting up or running a machine; each message names the file or value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Memory size out of range.
+    #[error("--memory {0} MiB is out of range: use {min} to {max} MiB", min = MEMORY_RANGE_MIB.0, max = MEMORY_RANGE_MIB.1)]
+    MemorySize(u64),
+    /// CPU count out of range.
+    #[error("--cpus {0} is out of range: use 1 to {MAX_CPUS}")]
+    CpuCount(u32),
+    /// The chosen backend cannot run here.
+    #[error("{0}")]
+    Backend(String),
+    /// Hypervisor failure.
+    #[error(transparent)]
+    Hv(#[from] hv::HvError),
+    /// Firmware problem.
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
+    /// Direct-boot problem.
+    #[error(transparent)]
+    Linux(#[from] linux::LinuxBootError),
+    /// Guest memory problem.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// Device assembly problem (a bug, reported rather than panicking).
+    #[error("device setup: {0}")]
+    Devices(String),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Coarse machine state, as the UI shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Built, not started.
+    Created,
+    /// Guest code is running.
+    Running,
+    /// All vCPUs are stopped; devices keep their state.
+    Paused,
+    /// The machine is off (guest power-off, user power-off, or a fatal error).
+    Off,
+}
+
+/// Why the machine turned off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffReason {
+    /// The guest powered off.
+    GuestPowerOff,
+    /// The user (or the embedding program) powered it off.
+    Requested,
+    /// A vCPU could not continue.
+    Error(String),
+}
+
+/// Things the machine tells its user, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineEvent {
+    /// Bytes the guest sent out of the first serial port.
+    Serial(Vec<u8>),
+    /// Bytes the guest wrote to the debug port 0x402 (SeaBIOS's log).
+    DebugPort(Vec<u8>),
+    /// The run state changed.
+    State(RunState),
+    /// The machine reset (guest request or triple fault).
+    Reset {
+        /// "guest request", "triple fault" or "user request".
+        cause: &'static str,
+    },
+    /// The machine turned off.
+    Off(OffReason),
+}
+
+/// Creates a partition on the requested backend. `Auto` picks KVM where it can be opened.
+pub fn create_partition(
+    backend: Backend,
+    cpus: u32,
+    irqchip: IrqChipMode,
+) -> Result<Arc<dyn Partition>, MachineError> {
+    let config = PartitionConfig {
+        vcpu_count: cpus,
+        irqchip,
+    };
+    match backend {
+        #[cfg(target_os = "linux")]
+        Backend::Auto | Backend::Kvm => {
+            let kvm = backend_kvm::KvmHypervisor::open()?;
+            Ok(Arc::new(kvm.create_partition(&config)?))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Backend::Auto | Backend::Kvm => Err(MachineError::Backend(
+            "KVM exists only on Linux hosts".into(),
+        )),
+        Backend::Whp => Err(MachineError::Backend(
+            "the Windows Hypervisor Platform backend is not available in this build".into(),
+        )),
+        Backend::Emu => Err(MachineError::Backend(
+            "the software CPU backend is not available in this build; use --backend kvm".into(),
+        )),
+    }
+}
+
+/// A PC.
+pub struct Machine {
+    config: MachineConfig,
+    partition: Arc<dyn Partition>,
+    control: Arc<Control>,
+    events: Option<Receiver<MachineEvent>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Machine {
+    /// Builds the machine on `partition` (created for `config.cpus` processors).
+    pub fn new(config: MachineConfig, partition: Arc<dyn Partition>) -> Result<Self, MachineError> {
+        let (min, max) = MEMORY_RANGE_MIB;
+        if !(min..=max).contains(&config.memory_mib) {
+            return Err(MachineError::MemorySize(config.memory_mib));
+        }
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(MachineError::CpuCount(config.cpus));
+        }
+        let memory = MemoryMap::new(config.memory_mib << 20)?;
+        let bios = match &config.linux {
+            Some(_) => None,
+            None => {
+                let path = match &config.firmware {
+                    Some(p) => p.clone(),
+                    None => firmware::find_default()?,
+                };
+                Some(BiosRom::new(firmware::load(&path)?)?)
+            }
+        };
+        let (tx, rx) = channel();
+        let control = Arc::new(Control::new(config.cpus, tx.clone()));
+        if let Some(boot) = &config.linux {
+            let kernel = linux::load(&memory, boot)?;
+            control.set_linux(boot.clone(), kernel);
+        }
+        let chipset = Chipset::new(&config, &memory, partition.clone(), tx, control.clone())
+            .map_err(MachineError::Devices)?;
+        let mut slot = 0;
+        for r in &memory.ram {
+            partition.map_memory(slot, r.clone(), false)?;
+            slot += 1;
+        }
+        if let Some(b) = &bios {
+            partition.map_memory(slot, b.region.clone(), true)?;
+            b.load_low_alias(&memory);
+        }
+        control.attach(Arc::new(chipset), memory, bios);
+        Ok(Self {
+            config,
+            partition,
+            control,
+            events: Some(rx),
+            threads: Vec::new(),
+        })
+    }
+
+    /// Takes the event stream (once).
+    pub fn take_events(&mut self) -> Option<Receiver<MachineEvent>> {
+        self.events.take()
+    }
+
+    /// Short name of the CPU backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        self.partition.backend_name()
+    }
+
+    /// Creates the vCPUs and the timer thread and starts running.
+    pub fn start(&mut self) -> Result<(), MachineError> {
+        if !self.threads.is_empty() {
+            return Ok(());
+        }
+        let mut vps = Vec::new();
+        for i in 0..self.config.cpus {
+            vps.push(self.partition.create_vp(i)?);
+        }
+        self.threads = vcpu::spawn(&self.control, vps).map_err(MachineError::Thread)?;
+        Ok(())
+    }
+
+    /// Current run state.
+    pub fn state(&self) -> RunState {
+        self.control.run_state()
+    }
+
+    /// Stops all vCPUs; devices keep their state.
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    /// Continues after [`Machine::pause`].
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Resets the machine as the reset button would.
+    pub fn reset(&self) {
+        self.control.request_reset("user request");
+    }
+
+    /// Turns the machine off.
+    pub fn power_off(&self) {
+        self.control.power_off(OffReason::Requested);
+    }
+
+    /// Sends bytes to the guest's first serial port.
+    pub fn serial_input(&self, bytes: &[u8]) {
+        self.control.serial_input(bytes);
+    }
+
+    /// Waits until the machine is off and its threads have ended; returns why it turned off.
+    pub fn wait(&mut self) -> OffReason {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.control.off_reason().unwrap_or(OffReason::Requested)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.control.power_off(OffReason::Requested);
+            self.wait();
+        }
+    }
+}

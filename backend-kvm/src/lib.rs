@@ -379,7 +379,7 @@ impl KvmVp {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the `internal` member of the
         // union is the one KVM filled in.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        tracing::warn!(
+        tracing::debug!(
             vp = self.index,
             suberror = internal.suberror,
             rip = regs.rip,

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn terrarium(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_terrarium")).args(args).output().expect("run terrarium")
+    Command::new(env!("CARGO_BIN_EXE_terrarium"))
+        .args(args)
+        .output()
+        .expect("run terrarium")
 }
 
 fn stderr(o: &Output) -> String {
@@ -28,7 +31,13 @@ fn temp(name: &str) -> PathBuf {
 
 #[test]
 fn missing_firmware_names_the_file() {
-    let e = assert_clean_failure(&terrarium(&["run", "--backend", "kvm", "--firmware", "/nonexistent/bios.bin"]));
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "kvm",
+        "--firmware",
+        "/nonexistent/bios.bin",
+    ]));
     assert!(e.contains("/nonexistent/bios.bin"), "{e}");
 }
 
@@ -36,7 +45,13 @@ fn missing_firmware_names_the_file() {
 fn wrong_sized_firmware_says_what_is_expected() {
     let f = temp("tiny.bin");
     std::fs::write(&f, [0u8; 100]).unwrap();
-    let e = assert_clean_failure(&terrarium(&["run", "--backend", "kvm", "--firmware", f.to_str().unwrap()]));
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "kvm",
+        "--firmware",
+        f.to_str().unwrap(),
+    ]));
     assert!(e.contains("tiny.bin") && e.contains("64 KiB"), "{e}");
 }
 
@@ -52,18 +67,32 @@ fn invalid_memory_and_cpu_counts() {
 
 #[test]
 fn unreadable_kernel_names_the_file() {
-    let e = assert_clean_failure(&terrarium(&["run", "--backend", "kvm", "--kernel", "/nonexistent/vmlinuz"]));
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "kvm",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+    ]));
     assert!(e.contains("/nonexistent/vmlinuz"), "{e}");
     let junk = temp("junk-kernel");
     std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
-    let e = assert_clean_failure(&terrarium(&["run", "--backend", "kvm", "--kernel", junk.to_str().unwrap()]));
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "kvm",
+        "--kernel",
+        junk.to_str().unwrap(),
+    ]));
     assert!(e.contains("junk-kernel") && e.contains("bzImage"), "{e}");
 }
 
 #[test]
 fn no_permission_on_dev_kvm_explains_the_kvm_group() {
     // Only meaningful where /dev/kvm exists and we can drop to an unprivileged user.
-    if !std::path::Path::new("/dev/kvm").exists() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+    if !std::path::Path::new("/dev/kvm").exists()
+        || !std::path::Path::new("/usr/bin/setpriv").exists()
+    {
         return;
     }
     let uid = unsafe_free_uid();
@@ -71,7 +100,12 @@ fn no_permission_on_dev_kvm_explains_the_kvm_group() {
         return; // Not root: cannot switch users; the case is covered by the message test below.
     }
     let o = Command::new("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_terrarium")])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_terrarium"),
+        ])
         .args(["run", "--backend", "kvm", "--firmware", "/dev/null"])
         .output()
         .expect("setpriv");
@@ -96,7 +130,13 @@ fn unsafe_free_uid() -> u32 {
 
 #[test]
 fn unsupported_backend_says_what_to_use() {
-    let e = assert_clean_failure(&terrarium(&["run", "--backend", "whp", "--firmware", "/dev/null"]));
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "whp",
+        "--firmware",
+        "/dev/null",
+    ]));
     assert!(e.contains("Windows Hypervisor Platform"), "{e}");
 }
 
@@ -125,8 +165,15 @@ fn kvm_emulation_failure_is_one_clear_line() {
     std::fs::write(&fw, &rom).unwrap();
     let dbg = temp("popcnt-debug.txt");
     let o = terrarium(&[
-        "run", "--backend", "kvm", "--firmware", fw.to_str().unwrap(), "--debugcon",
-        dbg.to_str().unwrap(), "--timeout", "5",
+        "run",
+        "--backend",
+        "kvm",
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--debugcon",
+        dbg.to_str().unwrap(),
+        "--timeout",
+        "5",
     ]);
     let printed = std::fs::read_to_string(&dbg).unwrap_or_default();
     if printed.contains('K') {

@@ -58,7 +58,7 @@ pub fn load(path: &Path) -> Result<Vec<u8>, FirmwareError> {
         source,
     })?;
     let size = image.len() as u64;
-    if size < 64 << 10 || size > 16 << 20 || size % (64 << 10) != 0 {
+    if !(64 << 10..=16 << 20).contains(&size) || !size.is_multiple_of(64 << 10) {
         return Err(FirmwareError::BadSize {
             path: path.into(),
             size,

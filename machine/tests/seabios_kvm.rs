@@ -4,7 +4,10 @@
 
 mod common;
 
-use machine::{create_partition, Backend, IrqChipMode, Machine, MachineConfig, MachineEvent, OffReason, RunState};
+use machine::{
+    create_partition, Backend, IrqChipMode, Machine, MachineConfig, MachineEvent, OffReason,
+    RunState,
+};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -28,7 +31,10 @@ fn debug_until(events: &Receiver<MachineEvent>, log: &mut String, needle: &str, 
     let deadline = Instant::now() + Duration::from_secs(60);
     while log.matches(needle).count() < count {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {needle:?} within 60 s; debug port said:\n{log}");
+        assert!(
+            !left.is_zero(),
+            "no {needle:?} within 60 s; debug port said:\n{log}"
+        );
         match events.recv_timeout(left) {
             Ok(MachineEvent::DebugPort(b)) => log.push_str(&String::from_utf8_lossy(&b)),
             Ok(MachineEvent::Off(r)) => panic!("machine turned off: {r:?}\n{log}"),

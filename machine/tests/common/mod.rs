@@ -12,6 +12,10 @@ pub fn assets() -> PathBuf {
 /// SeaBIOS's bios.bin from the asset folder; fails with the fix when it is missing.
 pub fn seabios() -> PathBuf {
     let p = assets().join("bios.bin");
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-assets.sh", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
     p
 }

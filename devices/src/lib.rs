@@ -11,6 +11,7 @@ pub mod bus;
 pub mod clock;
 pub mod debugcon;
 pub mod dma;
+pub mod fw_cfg;
 pub mod i440fx;
 pub mod ioapic;
 pub mod irq;

@@ -10,6 +10,7 @@ use crate::{MachineConfig, MachineEvent, OffReason};
 use devices::bus::{lock, shared, Bus, BusKind, SharedDevice};
 use devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use devices::dma::{Dma8237, DMA_PORT_RANGES};
+use devices::fw_cfg::{FwCfg, FW_CFG_PORT_RANGES};
 use devices::i440fx::I440fx;
 use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::pci::{PciRoot, PCI_PORT_RANGES};
@@ -192,6 +193,13 @@ impl Chipset {
         })));
         add_ports(&mut ports, &SYSTEM_CONTROL_PORT_RANGES, &sysctl)?;
         devices.push(sysctl);
+
+        // Boot settings for SeaBIOS as QEMU passes them: no interactive boot-menu wait.
+        let mut fw_cfg = FwCfg::new(config.cpus.min(u32::from(u16::MAX)) as u16);
+        fw_cfg.add_file("etc/show-boot-menu", 0u16.to_le_bytes().to_vec())?;
+        let fw_cfg: SharedDevice = shared(fw_cfg);
+        add_ports(&mut ports, &FW_CFG_PORT_RANGES, &fw_cfg)?;
+        devices.push(fw_cfg);
 
         let dma: SharedDevice = shared(Dma8237::new());
         add_ports(&mut ports, &DMA_PORT_RANGES, &dma)?;

@@ -1,4 +1,5 @@
 //! Helpers shared by the machine's integration tests.
+#![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
 use std::path::PathBuf;
 

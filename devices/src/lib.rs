@@ -108,6 +108,21 @@ impl std::fmt::Debug for TimerWaker {
     }
 }
 
+/// Serves a port read of any width as byte reads of consecutive ports, as an 8-bit ISA
+/// device decodes a wide access.
+pub fn read_bytewise(port: u16, data: &mut [u8], mut read: impl FnMut(u16) -> u8) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = read(port.wrapping_add(i as u16));
+    }
+}
+
+/// Serves a port write of any width as byte writes to consecutive ports.
+pub fn write_bytewise(port: u16, data: &[u8], mut write: impl FnMut(u16, u8)) {
+    for (i, &byte) in data.iter().enumerate() {
+        write(port.wrapping_add(i as u16), byte);
+    }
+}
+
 /// Little-endian value of an access of 1, 2, 4 or 8 bytes.
 pub fn read_le(data: &[u8]) -> u64 {
     let mut v = [0u8; 8];

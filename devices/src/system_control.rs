@@ -131,14 +131,10 @@ impl Device for SystemControl {
 
 impl PortIo for SystemControl {
     fn io_read(&mut self, port: u16, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.read_port(port.wrapping_add(i as u16));
-        }
+        crate::read_bytewise(port, data, |p| self.read_port(p));
     }
     fn io_write(&mut self, port: u16, data: &[u8]) {
-        for (i, byte) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), *byte);
-        }
+        crate::write_bytewise(port, data, |p, v| self.write_port(p, v));
     }
 }
 

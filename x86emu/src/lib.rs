@@ -1,0 +1,9 @@
+//! x86 instruction semantics.
+//!
+//! [`alu`] holds the flag-exact arithmetic and logic as pure functions. The CPU core decodes
+//! with iced-x86 and executes against its register state and a [`Bus`] (physical memory, port
+//! I/O). The software CPU backend runs whole guests on it; the WHP backend uses it to complete
+//! MMIO and string I/O exits.
+#![forbid(unsafe_code)]
+
+pub mod alu;

@@ -171,8 +171,8 @@ pub fn create_partition(
         Backend::Whp => Err(MachineError::Backend(
             "the Windows Hypervisor Platform backend is not available in this build".into(),
         )),
-        Backend::Emu => Err(MachineError::Backend(
-            "the software CPU backend is not available in this build; use --backend kvm".into(),
+        Backend::Emu => Ok(Arc::new(
+            backend_emu::EmuHypervisor.create_partition(&config)?,
         )),
     }
 }

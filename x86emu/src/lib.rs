@@ -7,3 +7,12 @@
 #![forbid(unsafe_code)]
 
 pub mod alu;
+pub mod cpu;
+pub mod cpuid;
+mod exec;
+pub mod interrupt;
+pub mod mmu;
+pub mod state;
+
+pub use cpu::{Bus, Cpu, Fault, Step};
+pub use state::CpuState;

@@ -1,0 +1,440 @@
+//! The CPU: state, the bus it runs against, one-instruction steps, faults and interrupt delivery.
+
+use crate::mmu::Access;
+use crate::state::{flags, seg, CpuState};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Register};
+
+/// Physical memory, port I/O and timekeeping as the CPU sees them. RAM and MMIO are one
+/// physical address space: the implementor routes each access (unclaimed reads are all-ones).
+pub trait Bus {
+    /// Reads physical memory.
+    fn read(&mut self, address: u64, data: &mut [u8]);
+    /// Writes physical memory.
+    fn write(&mut self, address: u64, data: &[u8]);
+    /// Port read.
+    fn io_in(&mut self, port: u16, data: &mut [u8]);
+    /// Port write.
+    fn io_out(&mut self, port: u16, data: &[u8]);
+    /// Current time-stamp counter.
+    fn tsc(&mut self) -> u64;
+    /// Reads an MSR the CPU core does not own (e.g. local APIC ones); `None` raises #GP.
+    fn rdmsr(&mut self, _index: u32) -> Option<u64> {
+        None
+    }
+    /// Writes an MSR the CPU core does not own; `false` raises #GP.
+    fn wrmsr(&mut self, _index: u32, _value: u64) -> bool {
+        false
+    }
+    /// Atomically replaces the `size`-byte value at `address` with `new` if it still equals
+    /// `current`; returns false (and writes nothing) otherwise. LOCK-prefixed instructions go
+    /// through this so that they are atomic against other processors. The default is only
+    /// correct for a single processor.
+    fn compare_exchange(&mut self, address: u64, size: usize, current: u64, new: u64) -> bool {
+        let mut b = [0u8; 8];
+        self.read(address, &mut b[..size]);
+        if u64::from_le_bytes(b) != current {
+            return false;
+        }
+        self.write(address, &new.to_le_bytes()[..size]);
+        true
+    }
+}
+
+/// Pseudo-vector used internally to restart an instruction whose locked update lost a race.
+pub(crate) const RETRY: u8 = 0xff;
+
+/// An exception raised while executing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// Vector (0..31).
+    pub vector: u8,
+    /// Error code, for exceptions that push one.
+    pub error: Option<u32>,
+    /// Page-fault linear address (for CR2).
+    pub cr2: Option<u64>,
+}
+
+impl Fault {
+    /// #GP(code).
+    pub fn gp(code: u32) -> Self {
+        Self {
+            vector: 13,
+            error: Some(code),
+            cr2: None,
+        }
+    }
+    /// #SS(code).
+    pub fn ss(code: u32) -> Self {
+        Self {
+            vector: 12,
+            error: Some(code),
+            cr2: None,
+        }
+    }
+    /// #NP(code).
+    pub fn np(code: u32) -> Self {
+        Self {
+            vector: 11,
+            error: Some(code),
+            cr2: None,
+        }
+    }
+    /// #TS(code).
+    pub fn ts(code: u32) -> Self {
+        Self {
+            vector: 10,
+            error: Some(code),
+            cr2: None,
+        }
+    }
+    /// #UD.
+    pub fn ud() -> Self {
+        Self {
+            vector: 6,
+            error: None,
+            cr2: None,
+        }
+    }
+    /// #DE.
+    pub fn de() -> Self {
+        Self {
+            vector: 0,
+            error: None,
+            cr2: None,
+        }
+    }
+    /// #NM.
+    pub fn nm() -> Self {
+        Self {
+            vector: 7,
+            error: None,
+            cr2: None,
+        }
+    }
+}
+
+/// Result of an operation that may fault.
+pub type R<T> = Result<T, Fault>;
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// An instruction (or an exception delivery) completed.
+    Executed,
+    /// The CPU is halted (HLT, or waiting for SIPI) and needs an interrupt.
+    Halted,
+    /// A fault occurred while delivering a double fault: the processor shuts down.
+    TripleFault,
+}
+
+/// How an event reaches the interrupt delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    /// Exception raised by an instruction (fault or trap).
+    Exception,
+    /// External interrupt or NMI.
+    External,
+    /// INT n / INT3 / INTO (privilege-checked against the gate DPL).
+    Software,
+}
+
+/// The software CPU.
+pub struct Cpu {
+    /// Architectural registers.
+    pub state: CpuState,
+    /// Address of the instruction being executed.
+    pub(crate) insn_start: u64,
+    /// Shadow flag set by the current instruction (STI, MOV SS).
+    pub(crate) new_shadow: bool,
+    /// Physical pages written by the current instruction (for decoded-code caches).
+    pub(crate) written: Vec<u64>,
+    /// Opcodes already reported as unimplemented.
+    unimplemented: std::collections::HashSet<iced_x86::Code>,
+    /// Local APIC ID reported by CPUID.
+    pub apic_id: u32,
+    /// Number of processors reported by CPUID.
+    pub cpu_count: u32,
+    /// The current instruction is a locked read-modify-write.
+    pub(crate) locked: bool,
+    /// Value the locked instruction read from its memory operand.
+    pub(crate) lock_old: Option<u64>,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu").field("rip", &self.state.rip).finish()
+    }
+}
+
+impl Cpu {
+    /// A processor in its power-on state.
+    pub fn new(bsp: bool) -> Self {
+        Self {
+            state: CpuState::power_on(bsp),
+            insn_start: 0,
+            new_shadow: false,
+            written: Vec::new(),
+            unimplemented: Default::default(),
+            apic_id: 0,
+            cpu_count: 1,
+            locked: false,
+            lock_old: None,
+        }
+    }
+
+    pub(crate) fn note_write(&mut self, phys: u64, len: usize) {
+        if len > 0 {
+            self.written.push(phys);
+        }
+    }
+
+    /// True when an external interrupt can be taken now.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.state.rflags & flags::IF != 0
+            && !self.state.interrupt_shadow
+            && !self.state.wait_for_sipi
+    }
+
+    /// Delivers an external interrupt (caller checked [`Cpu::interrupts_enabled`]); wakes HLT.
+    pub fn inject_interrupt(&mut self, vector: u8, bus: &mut dyn Bus) -> Step {
+        self.state.halted = false;
+        self.insn_start = self.state.rip;
+        self.deliver_with_escalation(vector, None, EventKind::External, bus)
+    }
+
+    /// Delivers an NMI unless one is in progress; wakes HLT.
+    pub fn inject_nmi(&mut self, bus: &mut dyn Bus) -> Step {
+        if self.state.nmi_masked || self.state.wait_for_sipi {
+            return Step::Executed;
+        }
+        self.state.halted = false;
+        self.state.nmi_masked = true;
+        self.insn_start = self.state.rip;
+        self.deliver_with_escalation(2, None, EventKind::External, bus)
+    }
+
+    /// INIT: back to the reset state except for the APIC base; APs then wait for SIPI.
+    pub fn init(&mut self) {
+        let apic_base = self.state.apic_base;
+        let bsp = apic_base & (1 << 8) != 0;
+        self.state = CpuState::power_on(bsp);
+        self.state.apic_base = apic_base;
+        self.state.wait_for_sipi = !bsp;
+    }
+
+    /// Startup IPI: start executing at `vector` × 4 KiB in real mode.
+    pub fn sipi(&mut self, vector: u8) {
+        if !self.state.wait_for_sipi {
+            return;
+        }
+        self.state.wait_for_sipi = false;
+        self.state.halted = false;
+        let cs = &mut self.state.seg[seg::CS];
+        cs.selector = u16::from(vector) << 8;
+        cs.base = u64::from(vector) << 12;
+        self.state.rip = 0;
+    }
+
+    /// Executes one instruction (or reports that the CPU sleeps).
+    pub fn step(&mut self, bus: &mut dyn Bus) -> Step {
+        if self.state.wait_for_sipi || self.state.halted {
+            return Step::Halted;
+        }
+        self.insn_start = self.state.rip;
+        self.new_shadow = false;
+        self.written.clear();
+        let shadow_before = self.state.interrupt_shadow;
+        let result = self
+            .fetch_decode(bus)
+            .and_then(|insn| self.execute(&insn, bus));
+        // The shadow lasts exactly one instruction.
+        if shadow_before || self.new_shadow {
+            self.state.interrupt_shadow = self.new_shadow && !shadow_before;
+        }
+        match result {
+            Err(f) if f.vector == RETRY => {
+                // Another processor changed the locked operand: run the instruction again.
+                self.state.rip = self.insn_start;
+                Step::Executed
+            }
+            Ok(()) => {
+                if self.state.halted {
+                    Step::Halted
+                } else {
+                    Step::Executed
+                }
+            }
+            Err(f) => {
+                self.state.rip = self.insn_start;
+                self.raise(f, bus)
+            }
+        }
+    }
+
+    /// Delivers an exception raised by the current instruction, escalating to #DF and triple
+    /// fault as the processor does.
+    pub(crate) fn raise(&mut self, f: Fault, bus: &mut dyn Bus) -> Step {
+        if let Some(a) = f.cr2 {
+            self.state.cr2 = a;
+        }
+        self.deliver_with_escalation(f.vector, f.error, EventKind::Exception, bus)
+    }
+
+    fn deliver_with_escalation(
+        &mut self,
+        vector: u8,
+        error: Option<u32>,
+        kind: EventKind,
+        bus: &mut dyn Bus,
+    ) -> Step {
+        let saved = (
+            self.state.rip,
+            self.state.rflags,
+            self.state.seg,
+            self.state.gpr[4],
+        );
+        match self.deliver(vector, error, kind, bus) {
+            Ok(()) => Step::Executed,
+            Err(f2) => {
+                if let Some(a) = f2.cr2 {
+                    self.state.cr2 = a;
+                }
+                (
+                    self.state.rip,
+                    self.state.rflags,
+                    self.state.seg,
+                    self.state.gpr[4],
+                ) = saved;
+                if vector == 8 {
+                    return Step::TripleFault;
+                }
+                let benign = |v: u8| !matches!(v, 0 | 10 | 11 | 12 | 13 | 14);
+                let (v, e) = if benign(vector) || benign(f2.vector) || kind != EventKind::Exception
+                {
+                    (f2.vector, f2.error)
+                } else {
+                    (8, Some(0))
+                };
+                match self.deliver(v, e, EventKind::Exception, bus) {
+                    Ok(()) => Step::Executed,
+                    Err(_) if v == 8 => Step::TripleFault,
+                    Err(_) => {
+                        (
+                            self.state.rip,
+                            self.state.rflags,
+                            self.state.seg,
+                            self.state.gpr[4],
+                        ) = saved;
+                        match self.deliver(8, Some(0), EventKind::Exception, bus) {
+                            Ok(()) => Step::Executed,
+                            Err(_) => Step::TripleFault,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fetch_decode(&mut self, bus: &mut dyn Bus) -> R<Instruction> {
+        let bits = self.state.bitness();
+        let ip = self.state.rip;
+        let lin = self.linear(seg::CS, ip, 1, Access::Fetch)?;
+        let mut bytes = [0u8; 15];
+        let first = ((0x1000 - (lin & 0xfff)) as usize).min(15);
+        let user = self.state.cpl() == 3;
+        let p = self.translate(lin, Access::Fetch, user, bus)?;
+        bus.read(p, &mut bytes[..first]);
+        let mut avail = first;
+        let mut second_fault = None;
+        if first < 15 {
+            match self.translate(lin + first as u64, Access::Fetch, user, bus) {
+                Ok(p2) => {
+                    bus.read(p2, &mut bytes[first..]);
+                    avail = 15;
+                }
+                Err(f) => second_fault = Some(f),
+            }
+        }
+        let mut d = Decoder::with_ip(bits, &bytes[..avail], ip, DecoderOptions::NO_INVALID_CHECK);
+        let insn = d.decode();
+        if insn.is_invalid() {
+            if d.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                if let Some(f) = second_fault {
+                    return Err(f);
+                }
+            }
+            return Err(Fault::ud());
+        }
+        Ok(insn)
+    }
+
+    /// Logs an opcode the core does not implement (once) and raises #UD.
+    pub(crate) fn unimplemented(&mut self, insn: &Instruction) -> Fault {
+        if self.unimplemented.insert(insn.code()) {
+            tracing::warn!(
+                "software CPU: unimplemented instruction {:?} at {:#x}; raising #UD",
+                insn.code(),
+                self.insn_start
+            );
+        }
+        Fault::ud()
+    }
+
+    // ---- registers ----
+
+    /// Reads a register operand (any width, including AH..BH and segment registers).
+    pub(crate) fn reg(&self, r: Register) -> u64 {
+        if r.is_segment_register() {
+            return u64::from(self.state.seg[seg_index(r)].selector);
+        }
+        let full = r.full_register();
+        if !full.is_gpr64() {
+            return 0;
+        }
+        let v = self.state.gpr[full as usize - Register::RAX as usize];
+        match r.size() {
+            1 if is_high8(r) => (v >> 8) & 0xff,
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            4 => v & 0xffff_ffff,
+            _ => v,
+        }
+    }
+
+    /// Writes a general register with x86 width rules (32-bit writes zero-extend).
+    pub(crate) fn set_reg(&mut self, r: Register, value: u64) {
+        let full = r.full_register();
+        if !full.is_gpr64() {
+            return;
+        }
+        let slot = &mut self.state.gpr[full as usize - Register::RAX as usize];
+        *slot = match r.size() {
+            1 if is_high8(r) => (*slot & !0xff00) | ((value & 0xff) << 8),
+            1 => (*slot & !0xff) | (value & 0xff),
+            2 => (*slot & !0xffff) | (value & 0xffff),
+            4 => value & 0xffff_ffff,
+            _ => value,
+        };
+    }
+
+    /// Sets the status flags selected by `mask` from `new`.
+    pub(crate) fn set_flags(&mut self, mask: u64, new: u64) {
+        self.state.rflags = (self.state.rflags & !mask) | (new & mask);
+    }
+}
+
+/// Index (ES=0 .. GS=5) of a segment register.
+pub(crate) fn seg_index(r: Register) -> usize {
+    match r {
+        Register::ES => seg::ES,
+        Register::CS => seg::CS,
+        Register::SS => seg::SS,
+        Register::FS => seg::FS,
+        Register::GS => seg::GS,
+        _ => seg::DS,
+    }
+}
+
+fn is_high8(r: Register) -> bool {
+    matches!(r, Register::AH | Register::CH | Register::DH | Register::BH)
+}

@@ -1,0 +1,331 @@
+//! Linear and physical address translation: segmentation checks and the page walk
+//! (2-level, PAE, 4-level) with accessed/dirty updates and page-fault error codes.
+
+use crate::cpu::{Bus, Cpu, Fault, R};
+use crate::state::{cr, efer, seg};
+
+/// What an access is for (selects the permission checks and the #PF error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Data read.
+    Read,
+    /// Data write.
+    Write,
+    /// Instruction fetch.
+    Fetch,
+}
+
+const P: u64 = 1;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
+const PS: u64 = 1 << 7;
+const NX: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+fn read_u64(bus: &mut dyn Bus, addr: u64) -> u64 {
+    let mut b = [0u8; 8];
+    bus.read(addr, &mut b);
+    u64::from_le_bytes(b)
+}
+
+fn read_u32(bus: &mut dyn Bus, addr: u64) -> u64 {
+    let mut b = [0u8; 4];
+    bus.read(addr, &mut b);
+    u64::from(u32::from_le_bytes(b))
+}
+
+impl Cpu {
+    /// Segment-relative offset → linear address, with the limit and type checks of the mode.
+    pub(crate) fn linear(&self, segi: usize, offset: u64, len: u64, access: Access) -> R<u64> {
+        let s = &self.state;
+        let sg = &s.seg[segi];
+        if s.code64() {
+            let base = if segi == seg::FS || segi == seg::GS {
+                sg.base
+            } else {
+                0
+            };
+            let lin = base.wrapping_add(offset);
+            if !canonical(lin) || !canonical(lin.wrapping_add(len.saturating_sub(1))) {
+                return Err(if segi == seg::SS {
+                    Fault::ss(0)
+                } else {
+                    Fault::gp(0)
+                });
+            }
+            return Ok(lin);
+        }
+        let fail = || {
+            if segi == seg::SS {
+                Fault::ss(0)
+            } else {
+                Fault::gp(0)
+            }
+        };
+        if s.protected() && !s.v86() {
+            if sg.unusable || !sg.present {
+                return Err(fail());
+            }
+            let code = sg.type_ & 8 != 0;
+            match access {
+                Access::Write if code || sg.type_ & 2 == 0 => return Err(fail()),
+                Access::Read if code && sg.type_ & 2 == 0 => return Err(fail()),
+                _ => {}
+            }
+        }
+        let last = offset.wrapping_add(len.saturating_sub(1));
+        let expand_down = sg.type_ & 8 == 0 && sg.type_ & 4 != 0 && s.protected() && !s.v86();
+        if expand_down {
+            let upper = if sg.db { 0xffff_ffff } else { 0xffff };
+            if offset <= u64::from(sg.limit) || last > upper {
+                return Err(fail());
+            }
+        } else if last > u64::from(sg.limit) || last < offset {
+            return Err(fail());
+        }
+        Ok(sg.base.wrapping_add(offset) & 0xffff_ffff)
+    }
+
+    /// Linear → physical through the page tables (identity when paging is off).
+    pub(crate) fn translate(
+        &mut self,
+        lin: u64,
+        access: Access,
+        user: bool,
+        bus: &mut dyn Bus,
+    ) -> R<u64> {
+        let s = &self.state;
+        if s.cr0 & cr::PG == 0 {
+            return Ok(lin & 0xffff_ffff);
+        }
+        let write = access == Access::Write;
+        let fetch = access == Access::Fetch;
+        let wp = s.cr0 & cr::WP != 0;
+        let nxe = s.efer & efer::NXE != 0;
+        let fault = |present: bool, rsvd: bool| {
+            let mut code = u32::from(present) | (u32::from(write) << 1) | (u32::from(user) << 2);
+            if rsvd {
+                code |= 1 << 3;
+            }
+            if fetch && nxe {
+                code |= 1 << 4;
+            }
+            Fault {
+                vector: 14,
+                error: Some(code),
+                cr2: Some(lin),
+            }
+        };
+        // Walk: collect the entries (address, value) from the top level down to the leaf.
+        let mut entries: [(u64, u64); 4] = [(0, 0); 4];
+        let mut n = 0;
+        let (leaf_base, offset_mask, wide) = if s.cr4 & cr::PAE == 0 {
+            let pde_addr = (s.cr3 & 0xffff_f000) + ((lin >> 22) & 0x3ff) * 4;
+            let pde = read_u32(bus, pde_addr);
+            if pde & P == 0 {
+                return Err(fault(false, false));
+            }
+            entries[n] = (pde_addr, pde);
+            n += 1;
+            if pde & PS != 0 && s.cr4 & cr::PSE != 0 {
+                let base = (pde & 0xffc0_0000) | ((pde & 0x001f_e000) << 19);
+                (base, 0x3f_ffff, false)
+            } else {
+                let pte_addr = (pde & 0xffff_f000) + ((lin >> 12) & 0x3ff) * 4;
+                let pte = read_u32(bus, pte_addr);
+                if pte & P == 0 {
+                    return Err(fault(false, false));
+                }
+                entries[n] = (pte_addr, pte);
+                n += 1;
+                (pte & 0xffff_f000, 0xfff, false)
+            }
+        } else {
+            let mut table;
+            let mut level;
+            if s.long_mode() {
+                table = s.cr3 & ADDR_MASK;
+                level = 4;
+            } else {
+                let pdpte_addr = (s.cr3 & 0xffff_ffe0) + ((lin >> 30) & 3) * 8;
+                let pdpte = read_u64(bus, pdpte_addr);
+                if pdpte & P == 0 {
+                    return Err(fault(false, false));
+                }
+                table = pdpte & ADDR_MASK;
+                level = 2;
+            }
+            loop {
+                let shift = 12 + 9 * (level - 1);
+                let addr = table + ((lin >> shift) & 0x1ff) * 8;
+                let e = read_u64(bus, addr);
+                if e & P == 0 {
+                    return Err(fault(false, false));
+                }
+                if e & NX != 0 && !nxe {
+                    return Err(fault(true, true));
+                }
+                entries[n] = (addr, e);
+                n += 1;
+                if level == 1 || (e & PS != 0 && level <= 3) {
+                    let mask = (1u64 << shift) - 1;
+                    break ((e & ADDR_MASK) & !mask, mask, true);
+                }
+                table = e & ADDR_MASK;
+                level -= 1;
+            }
+        };
+        // Permissions: every level must allow the access.
+        let mut allow_write = true;
+        let mut allow_user = true;
+        let mut allow_exec = true;
+        for &(_, e) in &entries[..n] {
+            allow_write &= e & RW != 0;
+            allow_user &= e & US != 0;
+            allow_exec &= !(wide && nxe && e & NX != 0);
+        }
+        if (user && !allow_user)
+            || (write && !allow_write && (user || wp))
+            || (fetch && !allow_exec)
+        {
+            return Err(fault(true, false));
+        }
+        // Accessed bits everywhere, dirty on the leaf for writes.
+        for (i, &(addr, e)) in entries[..n].iter().enumerate() {
+            let leaf = i + 1 == n;
+            let mut ne = e | A;
+            if leaf && write {
+                ne |= D;
+            }
+            if ne != e {
+                if wide {
+                    bus.write(addr, &ne.to_le_bytes());
+                } else {
+                    bus.write(addr, &(ne as u32).to_le_bytes());
+                }
+            }
+        }
+        Ok(leaf_base | (lin & offset_mask))
+    }
+
+    /// Reads `buf.len()` bytes at a linear address, page by page.
+    pub(crate) fn read_linear(
+        &mut self,
+        lin: u64,
+        buf: &mut [u8],
+        access: Access,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let user = self.state.cpl() == 3;
+        let mut done = 0;
+        while done < buf.len() {
+            let a = lin.wrapping_add(done as u64);
+            let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
+            let phys = self.translate(a, access, user, bus)?;
+            bus.read(phys, &mut buf[done..done + chunk]);
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// Writes at a linear address; all pages are translated before any byte is written.
+    pub(crate) fn write_linear(&mut self, lin: u64, buf: &[u8], bus: &mut dyn Bus) -> R<()> {
+        let user = self.state.cpl() == 3;
+        let first_len = ((0x1000 - (lin & 0xfff)) as usize).min(buf.len());
+        let p1 = self.translate(lin, Access::Write, user, bus)?;
+        if first_len == buf.len() {
+            bus.write(p1, buf);
+            self.note_write(p1, buf.len());
+            return Ok(());
+        }
+        let p2 = self.translate(lin.wrapping_add(first_len as u64), Access::Write, user, bus)?;
+        bus.write(p1, &buf[..first_len]);
+        bus.write(p2, &buf[first_len..]);
+        self.note_write(p1, first_len);
+        self.note_write(p2, buf.len() - first_len);
+        Ok(())
+    }
+
+    /// Reads through a segment.
+    pub(crate) fn read_mem(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        buf: &mut [u8],
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let lin = self.linear(segi, offset, buf.len() as u64, Access::Read)?;
+        self.read_linear(lin, buf, Access::Read, bus)
+    }
+
+    /// Writes through a segment.
+    pub(crate) fn write_mem(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        buf: &[u8],
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let lin = self.linear(segi, offset, buf.len() as u64, Access::Write)?;
+        self.write_linear(lin, buf, bus)
+    }
+
+    /// Reads a little-endian value of `size` bytes through a segment.
+    pub(crate) fn read_val(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        bus: &mut dyn Bus,
+    ) -> R<u64> {
+        let mut b = [0u8; 8];
+        self.read_mem(segi, offset, &mut b[..size], bus)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian value of `size` bytes through a segment.
+    pub(crate) fn write_val(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        v: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        self.write_mem(segi, offset, &v.to_le_bytes()[..size], bus)
+    }
+
+    /// Reads a value at a linear address with supervisor rights (descriptor tables, TSS).
+    pub(crate) fn read_sys(&mut self, lin: u64, size: usize, bus: &mut dyn Bus) -> R<u64> {
+        let mut b = [0u8; 8];
+        let mut done = 0;
+        while done < size {
+            let a = lin.wrapping_add(done as u64);
+            let chunk = ((0x1000 - (a & 0xfff)) as usize).min(size - done);
+            let phys = self.translate(a, Access::Read, false, bus)?;
+            bus.read(phys, &mut b[done..done + chunk]);
+            done += chunk;
+        }
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a value at a linear address with supervisor rights.
+    pub(crate) fn write_sys(&mut self, lin: u64, size: usize, v: u64, bus: &mut dyn Bus) -> R<()> {
+        let phys = self.translate(lin, Access::Write, false, bus)?;
+        let first = ((0x1000 - (lin & 0xfff)) as usize).min(size);
+        bus.write(phys, &v.to_le_bytes()[..first]);
+        if first < size {
+            let p2 = self.translate(lin + first as u64, Access::Write, false, bus)?;
+            bus.write(p2, &v.to_le_bytes()[first..size]);
+        }
+        Ok(())
+    }
+}
+
+/// True when the top 17 bits of a 48-bit address agree.
+pub fn canonical(a: u64) -> bool {
+    let top = (a as i64) >> 47;
+    top == 0 || top == -1
+}

@@ -1189,7 +1189,15 @@ impl Cpu {
             M::Syscall | M::Sysret | M::Sysretq | M::Sysenter | M::Sysexit | M::Sysexitq => {
                 return self.fast_system_call(i, next, bus)
             }
-            _ => return Err(self.unimplemented(i)),
+            _ => {
+                if let Some(r) = crate::x87::execute(self, i, bus) {
+                    r?;
+                } else if let Some(r) = crate::sse::execute(self, i, bus) {
+                    r?;
+                } else {
+                    return Err(self.unimplemented(i));
+                }
+            }
         }
         if new_rip != next {
             let mask = self.ip_mask(self.osize_for_branch(i));

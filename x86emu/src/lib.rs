@@ -12,6 +12,8 @@ pub mod cpuid;
 mod exec;
 pub mod interrupt;
 pub mod mmu;
+mod sse;
+mod x87;
 pub mod state;
 
 pub use cpu::{Bus, Cpu, Fault, Step};

@@ -23,6 +23,8 @@ use x86emu::{Cpu, Step};
 
 /// Instructions executed between looks at interrupts and stop requests.
 const BATCH: u32 = 4096;
+/// Physical addresses below this may hold cached decoded code (64 GiB).
+const CODE_TRACKED: u64 = 1 << 36;
 /// Largest vCPU count.
 pub const MAX_VCPUS: u32 = 64;
 
@@ -72,6 +74,7 @@ struct Delivery {
 
 struct Inner {
     config: PartitionConfig,
+    code: Arc<x86emu::CodeTracker>,
     slots: RwLock<Arc<Vec<Slot>>>,
     vps: RwLock<Vec<Option<Arc<VpShared>>>>,
     origin: Instant,
@@ -171,6 +174,7 @@ impl EmuHypervisor {
         Ok(EmuPartition {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                code: Arc::new(x86emu::CodeTracker::new(CODE_TRACKED)),
                 slots: RwLock::new(Arc::new(Vec::new())),
                 vps: RwLock::new(vec![None; config.vcpu_count as usize]),
                 origin: Instant::now(),
@@ -255,6 +259,7 @@ impl Partition for EmuPartition {
         let mut cpu = Cpu::new(index == 0);
         cpu.apic_id = index;
         cpu.cpu_count = self.inner.config.vcpu_count;
+        cpu.set_code_tracker(self.inner.code.clone());
         Ok(Box::new(EmuVp {
             index,
             cpu,
@@ -451,6 +456,9 @@ impl x86emu::Bus for EmuBus<'_> {
                     _ => None,
                 };
                 if let Some(ok) = done {
+                    if ok {
+                        self.part.code.note_write(address, size);
+                    }
                     return ok;
                 }
             }
@@ -647,6 +655,7 @@ impl VirtualProcessor for EmuVp {
 
     fn set_state(&mut self, s: &VpState) -> hv::Result<()> {
         self.cpu.state = x86emu::CpuState::from_vp_state(s);
+        self.cpu.flush_caches();
         if s.lapic.len() == hv::LAPIC_STATE_SIZE {
             lock(&self.shared.lapic).load_page(&s.lapic);
         }
@@ -655,6 +664,7 @@ impl VirtualProcessor for EmuVp {
 
     fn reset(&mut self) -> hv::Result<()> {
         self.cpu.state = x86emu::CpuState::power_on(self.index == 0);
+        self.cpu.flush_caches();
         lock(&self.shared.lapic).reset(self.index as u8);
         Ok(())
     }

@@ -154,6 +154,12 @@ pub struct Cpu {
     pub apic_id: u32,
     /// Number of processors reported by CPUID.
     pub cpu_count: u32,
+    /// Decoded instructions by physical address.
+    pub(crate) dcache: crate::cache::DecodeCache,
+    /// Cached translations.
+    pub(crate) tlb: crate::cache::Tlb,
+    /// Partition-wide record of pages holding cached code (no caching without it).
+    code: Option<std::sync::Arc<crate::cache::CodeTracker>>,
     /// The current instruction is a locked read-modify-write.
     pub(crate) locked: bool,
     /// Value the locked instruction read from its memory operand.
@@ -177,9 +183,24 @@ impl Cpu {
             unimplemented: Default::default(),
             apic_id: 0,
             cpu_count: 1,
+            dcache: crate::cache::DecodeCache::new(),
+            tlb: crate::cache::Tlb::new(),
+            code: None,
             locked: false,
             lock_old: None,
         }
+    }
+
+    /// Enables the decoded-instruction cache. Every write to guest RAM must be reported to
+    /// `tracker` (by the bus) so that modified code is decoded again.
+    pub fn set_code_tracker(&mut self, tracker: std::sync::Arc<crate::cache::CodeTracker>) {
+        self.code = Some(tracker);
+    }
+
+    /// Drops cached translations and decoded code (after the state was replaced).
+    pub fn flush_caches(&mut self) {
+        self.tlb.flush();
+        self.dcache.sync(u64::MAX);
     }
 
     pub(crate) fn note_write(&mut self, phys: u64, len: usize) {
@@ -218,6 +239,7 @@ impl Cpu {
         let apic_base = self.state.apic_base;
         let bsp = apic_base & (1 << 8) != 0;
         self.state = CpuState::power_on(bsp);
+        self.tlb.flush();
         self.state.apic_base = apic_base;
         self.state.wait_for_sipi = !bsp;
     }
@@ -244,9 +266,10 @@ impl Cpu {
         self.new_shadow = false;
         self.written.clear();
         let shadow_before = self.state.interrupt_shadow;
+        let mut insn = Instruction::default();
         let result = self
-            .fetch_decode(bus)
-            .and_then(|insn| self.execute(&insn, bus));
+            .fetch_decode(bus, &mut insn)
+            .and_then(|()| self.execute(&insn, bus));
         // The shadow lasts exactly one instruction.
         if shadow_before || self.new_shadow {
             self.state.interrupt_shadow = self.new_shadow && !shadow_before;
@@ -335,7 +358,7 @@ impl Cpu {
         }
     }
 
-    fn fetch_decode(&mut self, bus: &mut dyn Bus) -> R<Instruction> {
+    fn fetch_decode(&mut self, bus: &mut dyn Bus, out: &mut Instruction) -> R<()> {
         let bits = self.state.bitness();
         let ip = self.state.rip;
         let lin = self.linear(seg::CS, ip, 1, Access::Fetch)?;
@@ -343,6 +366,20 @@ impl Cpu {
         let first = ((0x1000 - (lin & 0xfff)) as usize).min(15);
         let user = self.state.cpl() == 3;
         let p = self.translate(lin, Access::Fetch, user, bus)?;
+        let cacheable = match &self.code {
+            Some(t) => {
+                self.dcache.sync(t.epoch());
+                if let Some(insn) = self.dcache.get(p, bits) {
+                    if insn.ip() == ip {
+                        *out = *insn;
+                        return Ok(());
+                    }
+                }
+                // Mark before reading so a concurrent write invalidates what we decode.
+                t.mark(p)
+            }
+            None => false,
+        };
         bus.read(p, &mut bytes[..first]);
         let mut avail = first;
         let mut second_fault = None;
@@ -356,7 +393,8 @@ impl Cpu {
             }
         }
         let mut d = Decoder::with_ip(bits, &bytes[..avail], ip, DecoderOptions::NO_INVALID_CHECK);
-        let insn = d.decode();
+        d.decode_out(out);
+        let insn = &*out;
         if insn.is_invalid() {
             if d.last_error() == iced_x86::DecoderError::NoMoreBytes {
                 if let Some(f) = second_fault {
@@ -365,7 +403,10 @@ impl Cpu {
             }
             return Err(Fault::ud());
         }
-        Ok(insn)
+        if cacheable && (p & 0xfff) as usize + insn.len() <= 0x1000 {
+            self.dcache.insert(p, bits, insn);
+        }
+        Ok(())
     }
 
     /// Logs an opcode the core does not implement (once) and raises #UD.

@@ -1090,7 +1090,22 @@ impl Cpu {
                 self.require_cpl0()?;
                 self.state.cr0 &= !cr::TS;
             }
-            M::Invlpg | M::Invlpga | M::Invpcid => self.require_cpl0()?,
+            M::Invlpg => {
+                self.require_cpl0()?;
+                let lin = self
+                    .linear(
+                        seg_index(i.memory_segment()),
+                        self.ea(i),
+                        1,
+                        crate::mmu::Access::Read,
+                    )
+                    .unwrap_or(0);
+                self.tlb.flush_page(lin);
+            }
+            M::Invlpga | M::Invpcid => {
+                self.require_cpl0()?;
+                self.tlb.flush();
+            }
             M::Rdmsr => {
                 self.require_cpl0()?;
                 let index = self.reg(Register::ECX) as u32;
@@ -1313,6 +1328,7 @@ impl Cpu {
             s.efer &= !efer::LMA;
         }
         s.cr0 = v;
+        self.tlb.flush();
         Ok(())
     }
 
@@ -1325,6 +1341,7 @@ impl Cpu {
             }
             Register::CR3 => {
                 self.state.cr3 = v;
+                self.tlb.flush();
                 Ok(())
             }
             Register::CR4 => {
@@ -1341,6 +1358,7 @@ impl Cpu {
                     return Err(Fault::gp(0));
                 }
                 self.state.cr4 = v;
+                self.tlb.flush();
                 Ok(())
             }
             Register::CR8 => {
@@ -1429,6 +1447,7 @@ impl Cpu {
                     return Err(Fault::gp(0));
                 }
                 self.state.efer = (v & !efer::LMA) | lma;
+                self.tlb.flush();
             }
             msr::FS_BASE => self.state.seg[seg::FS].base = v,
             msr::GS_BASE => self.state.seg[seg::GS].base = v,

@@ -7,14 +7,16 @@
 #![forbid(unsafe_code)]
 
 pub mod alu;
+pub mod cache;
 pub mod cpu;
 pub mod cpuid;
 mod exec;
 pub mod interrupt;
 pub mod mmu;
 mod sse;
-mod x87;
 pub mod state;
+mod x87;
 
+pub use cache::CodeTracker;
 pub use cpu::{Bus, Cpu, Fault, Step};
 pub use state::CpuState;

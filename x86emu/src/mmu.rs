@@ -103,6 +103,14 @@ impl Cpu {
         let write = access == Access::Write;
         let fetch = access == Access::Fetch;
         let wp = s.cr0 & cr::WP != 0;
+        if let Some(e) = self.tlb.lookup(lin) {
+            let ok = (!user || e.user)
+                && (!fetch || e.exec)
+                && (!write || (e.write && (e.user_write || !user)));
+            if ok {
+                return Ok(e.phys | (lin & 0xfff));
+            }
+        }
         let nxe = s.efer & efer::NXE != 0;
         let fault = |present: bool, rsvd: bool| {
             let mut code = u32::from(present) | (u32::from(write) << 1) | (u32::from(user) << 2);
@@ -192,6 +200,7 @@ impl Cpu {
         {
             return Err(fault(true, false));
         }
+        let leaf_dirty = entries[n - 1].1 & D != 0 || write;
         // Accessed bits everywhere, dirty on the leaf for writes.
         for (i, &(addr, e)) in entries[..n].iter().enumerate() {
             let leaf = i + 1 == n;
@@ -207,7 +216,21 @@ impl Cpu {
                 }
             }
         }
-        Ok(leaf_base | (lin & offset_mask))
+        let phys = leaf_base | (lin & offset_mask);
+        self.tlb.insert(
+            lin,
+            crate::cache::TlbEntry {
+                key: 0,
+                phys: phys & !0xfff,
+                // A write hit needs the dirty bit already set and write permission for
+                // supervisor code (WP rules); user writes also need `user_write`.
+                write: leaf_dirty && (allow_write || !wp),
+                user_write: allow_write && allow_user,
+                user: allow_user,
+                exec: allow_exec,
+            },
+        );
+        Ok(phys)
     }
 
     /// Reads `buf.len()` bytes at a linear address, page by page.

@@ -1,0 +1,180 @@
+//! Decoded-instruction cache and TLB.
+//!
+//! Decoded instructions are cached per CPU by physical address and code size. Which physical
+//! pages hold cached code is tracked partition-wide in a [`CodeTracker`]: every write to guest
+//! RAM (from any processor or device) that touches such a page bumps an epoch, and each CPU
+//! drops its cache when it sees a new epoch before its next instruction. The TLB caches
+//! linear→physical translations and is flushed as the architecture says (CR3, CR0/CR4 paging
+//! bits, INVLPG, EFER).
+
+use iced_x86::Instruction;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Pages holding cached code, shared by all processors of a partition.
+#[derive(Debug)]
+pub struct CodeTracker {
+    bits: Vec<AtomicU64>,
+    epoch: AtomicU64,
+}
+
+impl CodeTracker {
+    /// Tracks physical addresses below `limit` (code elsewhere is never cached).
+    pub fn new(limit: u64) -> Self {
+        let pages = limit.div_ceil(4096);
+        let words = pages.div_ceil(64) as usize;
+        Self {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, page: u64) -> Option<(&AtomicU64, u64)> {
+        let w = self.bits.get((page / 64) as usize)?;
+        Some((w, 1u64 << (page % 64)))
+    }
+
+    /// Marks a page as holding cached code; false when the page is not tracked.
+    pub fn mark(&self, phys: u64) -> bool {
+        match self.slot(phys >> 12) {
+            Some((w, bit)) => {
+                w.fetch_or(bit, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a write of `len` bytes at `phys`: invalidates cached code on those pages.
+    #[inline]
+    pub fn note_write(&self, phys: u64, len: usize) {
+        let first = phys >> 12;
+        let last = (phys + len.max(1) as u64 - 1) >> 12;
+        for page in first..=last {
+            if let Some((w, bit)) = self.slot(page) {
+                if w.load(Ordering::Relaxed) & bit != 0
+                    && w.fetch_and(!bit, Ordering::SeqCst) & bit != 0
+                {
+                    self.epoch.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Current invalidation epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+const DECODE_ENTRIES: usize = 8192;
+
+/// Per-CPU decoded instructions, direct-mapped by physical address.
+pub(crate) struct DecodeCache {
+    tags: Vec<u64>,
+    insns: Vec<Instruction>,
+    epoch: u64,
+}
+
+impl DecodeCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            tags: vec![u64::MAX; DECODE_ENTRIES],
+            insns: vec![Instruction::default(); DECODE_ENTRIES],
+            epoch: 0,
+        }
+    }
+
+    fn index(phys: u64) -> usize {
+        ((phys ^ (phys >> 13)) as usize) & (DECODE_ENTRIES - 1)
+    }
+
+    fn tag(phys: u64, bits: u32) -> u64 {
+        (phys << 2) | u64::from(bits / 32)
+    }
+
+    /// Drops everything if another write invalidated code since the last look.
+    pub(crate) fn sync(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.tags.fill(u64::MAX);
+            self.epoch = epoch;
+        }
+    }
+
+    pub(crate) fn get(&self, phys: u64, bits: u32) -> Option<&Instruction> {
+        let i = Self::index(phys);
+        (self.tags[i] == Self::tag(phys, bits)).then(|| &self.insns[i])
+    }
+
+    pub(crate) fn insert(&mut self, phys: u64, bits: u32, insn: &Instruction) {
+        let i = Self::index(phys);
+        self.tags[i] = Self::tag(phys, bits);
+        self.insns[i] = *insn;
+    }
+}
+
+const TLB_ENTRIES: usize = 256;
+
+/// One cached translation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TlbEntry {
+    /// Linear page number + 1 (0 = invalid).
+    pub(crate) key: u64,
+    /// Physical page base.
+    pub(crate) phys: u64,
+    /// Supervisor writes allowed without a walk (permission and dirty bit already set).
+    pub(crate) write: bool,
+    /// User writes allowed by every level.
+    pub(crate) user_write: bool,
+    /// User access allowed.
+    pub(crate) user: bool,
+    /// Instruction fetch allowed.
+    pub(crate) exec: bool,
+}
+
+/// Direct-mapped TLB.
+pub(crate) struct Tlb {
+    entries: Vec<TlbEntry>,
+}
+
+impl Tlb {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: vec![
+                TlbEntry {
+                    key: 0,
+                    phys: 0,
+                    write: false,
+                    user_write: false,
+                    user: false,
+                    exec: false
+                };
+                TLB_ENTRIES
+            ],
+        }
+    }
+
+    pub(crate) fn lookup(&self, lin: u64) -> Option<TlbEntry> {
+        let page = lin >> 12;
+        let e = self.entries[(page as usize) & (TLB_ENTRIES - 1)];
+        (e.key == page + 1).then_some(e)
+    }
+
+    pub(crate) fn insert(&mut self, lin: u64, e: TlbEntry) {
+        let page = lin >> 12;
+        self.entries[(page as usize) & (TLB_ENTRIES - 1)] = TlbEntry { key: page + 1, ..e };
+    }
+
+    pub(crate) fn flush(&mut self) {
+        for e in &mut self.entries {
+            e.key = 0;
+        }
+    }
+
+    pub(crate) fn flush_page(&mut self, lin: u64) {
+        let page = lin >> 12;
+        let e = &mut self.entries[(page as usize) & (TLB_ENTRIES - 1)];
+        if e.key == page + 1 {
+            e.key = 0;
+        }
+    }
+}

@@ -610,6 +610,15 @@ impl VirtualProcessor for EmuVp {
     fn run(&mut self, io: &dyn CpuIo) -> hv::Result<StopReason> {
         loop {
             if let Some(r) = self.stop.take_stop() {
+                let s = &self.cpu.state;
+                tracing::debug!(
+                    vp = self.index,
+                    cs = s.seg[1].selector,
+                    rip = format_args!("{:#x}", s.rip),
+                    cr0 = format_args!("{:#x}", s.cr0),
+                    halted = s.halted,
+                    "software CPU stopped"
+                );
                 return Ok(r);
             }
             self.shared.attention.store(false, Ordering::SeqCst);

@@ -18,6 +18,7 @@ pub mod irq;
 pub mod pci;
 pub mod pic;
 pub mod piix3;
+pub mod piix4_pm;
 pub mod pit;
 pub mod router;
 pub mod rtc;

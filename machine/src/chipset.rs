@@ -16,10 +16,11 @@ use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::pci::{PciRoot, PCI_PORT_RANGES};
 use devices::pic::Pic;
 use devices::piix3::Piix3;
+use devices::piix4_pm::{Piix4Pm, PIIX4_PM_PORT_RANGES, SCI_IRQ};
 use devices::pit::{Pit, PIT_PORT_RANGES};
 use devices::router::IrqRouter;
 use devices::rtc::{PcCmosConfig, Rtc, RTC_PORT_RANGES};
-use devices::system_control::{ResetKind, SystemControl, SYSTEM_CONTROL_PORT_RANGES};
+use devices::system_control::{ResetKind, ResetRequest, SystemControl, SYSTEM_CONTROL_PORT_RANGES};
 use devices::uart::Uart;
 use devices::{Clock, HostClock, IrqLine, LineSink, TimerWaker};
 use hv::{CpuIo, IrqChipMode, MsiMessage, Partition};
@@ -184,13 +185,14 @@ impl Chipset {
         devices.push(debugcon);
 
         let w = weak;
-        let sysctl: SharedDevice = shared(SystemControl::new(Arc::new(move |kind| {
+        let power: ResetRequest = Arc::new(move |kind| {
             let Some(c) = w.upgrade() else { return };
             match kind {
                 ResetKind::PowerOff => c.power_off(OffReason::GuestPowerOff),
                 _ => c.request_reset("guest request"),
             }
-        })));
+        });
+        let sysctl: SharedDevice = shared(SystemControl::new(power.clone()));
         add_ports(&mut ports, &SYSTEM_CONTROL_PORT_RANGES, &sysctl)?;
         devices.push(sysctl);
 
@@ -205,10 +207,14 @@ impl Chipset {
         add_ports(&mut ports, &DMA_PORT_RANGES, &dma)?;
         devices.push(dma);
 
+        let pm: SharedDevice = shared(Piix4Pm::new(clock.clone(), line(SCI_IRQ), power));
+        add_ports(&mut ports, &PIIX4_PM_PORT_RANGES, &pm)?;
+
         let mut root = PciRoot::new();
         for (dev, func, d) in [
             (0, 0, shared(I440fx::new()) as SharedDevice),
             (1, 0, shared(Piix3::new()) as SharedDevice),
+            (1, 3, pm.clone()),
         ] {
             root.register(dev, func, d.clone())
                 .map_err(|e| e.to_string())?;

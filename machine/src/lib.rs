@@ -7,6 +7,7 @@
 //! the lifecycle (start, pause, resume, reset, power off) and an event stream for the UI.
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod chipset;
 pub mod firmware;
 pub mod linux;
@@ -210,7 +211,7 @@ impl Machine {
         let (tx, rx) = channel();
         let control = Arc::new(Control::new(config.cpus, tx.clone()));
         if let Some(boot) = &config.linux {
-            let kernel = linux::load(&memory, boot)?;
+            let kernel = linux::load(&memory, boot, config.cpus)?;
             control.set_linux(boot.clone(), kernel);
         }
         let chipset = Chipset::new(&config, &memory, partition.clone(), tx, control.clone())

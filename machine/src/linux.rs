@@ -92,7 +92,8 @@ fn read(what: &'static str, path: &Path) -> Result<std::fs::File, LinuxBootError
 }
 
 /// Loads kernel, initrd and command line and writes the zero page with an e820 map.
-pub fn load(memory: &MemoryMap, boot: &LinuxBoot) -> Result<LoadedKernel, LinuxBootError> {
+/// Also writes the ACPI tables describing `cpus` processors.
+pub fn load(memory: &MemoryMap, boot: &LinuxBoot, cpus: u32) -> Result<LoadedKernel, LinuxBootError> {
     if boot.cmdline.len() > CMDLINE_MAX {
         return Err(LinuxBootError::CommandLine);
     }
@@ -151,14 +152,21 @@ pub fn load(memory: &MemoryMap, boot: &LinuxBoot) -> Result<LoadedKernel, LinuxB
         hdr.ramdisk_size = size as u32;
     }
 
+    for (addr, bytes) in crate::acpi::tables(cpus) {
+        memory
+            .guest
+            .write_slice(&bytes, GuestAddress(addr))
+            .map_err(|e| LinuxBootError::Memory(e.to_string()))?;
+    }
     let mut params = boot_params {
         hdr,
+        acpi_rsdp_addr: crate::acpi::TABLES_BASE,
         ..Default::default()
     };
     let mut e820 = vec![
         (0, 0x9_fc00, E820_RAM),
         (0x9_fc00, 0x400, E820_RESERVED),
-        (0xf_0000, 0x1_0000, E820_RESERVED),
+        (crate::acpi::TABLES_BASE, 0x10_0000 - crate::acpi::TABLES_BASE, E820_RESERVED),
         (0x10_0000, memory.below_4g - 0x10_0000, E820_RAM),
     ];
     if memory.above_4g > 0 {

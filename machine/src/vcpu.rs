@@ -169,7 +169,7 @@ impl Control {
             b.load_low_alias(&p.memory);
         }
         if let Some((boot, _)) = self.linux.get() {
-            if let Err(e) = linux::load(&p.memory, boot) {
+            if let Err(e) = linux::load(&p.memory, boot, self.vcpus) {
                 tracing::error!("reloading the kernel after reset: {e}");
             }
         }

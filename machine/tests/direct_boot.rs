@@ -26,7 +26,7 @@ fn bzimage_initrd_and_zero_page() {
         initrd: Some(initrd.clone()),
         cmdline: "console=ttyS0 quiet".into(),
     };
-    let loaded = linux::load(&memory, &boot).unwrap();
+    let loaded = linux::load(&memory, &boot, 1).unwrap();
     assert_eq!(loaded.entry, KERNEL_ADDRESS);
     let zp = ZERO_PAGE;
     // Setup header: boot flag, "HdrS", loader type, command line pointer.
@@ -70,7 +70,7 @@ fn initrd_too_large_for_memory_is_refused() {
         initrd: Some(big.clone()),
         cmdline: String::new(),
     };
-    let e = linux::load(&memory, &boot).unwrap_err().to_string();
+    let e = linux::load(&memory, &boot, 1).unwrap_err().to_string();
     std::fs::remove_file(&big).unwrap();
     assert!(e.contains("does not fit") && e.contains("--memory"), "{e}");
 }

@@ -179,7 +179,18 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .map(|s| Output::open(s, "debug port"))
         .transpose()?;
 
-    let partition = create_partition(backend, config.cpus, irqchip)?;
+    let partition = match backend {
+        Backend::Auto => match create_partition(Backend::Kvm, config.cpus, irqchip) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "terrarium: using the software CPU (slower) because KVM is not usable: {e}"
+                );
+                create_partition(Backend::Emu, config.cpus, IrqChipMode::Split)?
+            }
+        },
+        b => create_partition(b, config.cpus, irqchip)?,
+    };
     let mut vm = Machine::new(config, partition)?;
     let events = vm.take_events().context("event stream already taken")?;
     vm.start()?;

@@ -183,3 +183,48 @@ fn kvm_emulation_failure_is_one_clear_line() {
     assert!(e.contains("0xffff0") || e.contains("0xfffffff0"), "{e}");
     assert!(e.contains("--backend emu"), "{e}");
 }
+
+/// Without access to /dev/kvm, `--backend auto` explains the fallback in one line and runs the
+/// VM on the software CPU (SeaBIOS reaches its boot attempt on the debug port).
+#[test]
+fn auto_falls_back_to_the_software_cpu_with_a_reason() {
+    let bios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets/bios.bin");
+    if !std::path::Path::new("/dev/kvm").exists() || unsafe_free_uid() != 0 || !bios.is_file() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("terrarium-auto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chmod").arg("0777").arg(&dir).status();
+    let dbg = dir.join("debug.txt");
+    let o = Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_terrarium"),
+        ])
+        .args([
+            "run",
+            "--backend",
+            "auto",
+            "--firmware",
+            bios.to_str().unwrap(),
+        ])
+        .args(["--debugcon", dbg.to_str().unwrap(), "--timeout", "5"])
+        .output()
+        .expect("setpriv");
+    let e = stderr(&o);
+    if !e.contains("/dev/kvm") {
+        return; // /dev/kvm is open to everyone here: auto used KVM.
+    }
+    let first = e.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("software CPU") && first.contains("kvm group"),
+        "{e}"
+    );
+    let log = std::fs::read_to_string(&dbg).unwrap_or_default();
+    assert!(
+        log.contains("Booting from Hard Disk"),
+        "SeaBIOS did not run on the software CPU:\n{log}\n{e}"
+    );
+}

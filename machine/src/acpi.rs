@@ -73,7 +73,7 @@ fn fadt() -> Vec<u8> {
     t.extend_from_slice(&[0; 4]); // flush size/stride
     t.extend_from_slice(&[0, 0, 0, 0, 0x32]); // duty offset/width, alarms, CMOS century index
     t.extend_from_slice(&[0, 0, 0]); // IAPC_BOOT_ARCH, reserved
-    // WBINVD, C1 supported, no fixed sleep button.
+                                     // WBINVD, C1 supported, no fixed sleep button.
     put32(&mut t, (1 << 0) | (1 << 2) | (1 << 5));
     finish(t)
 }
@@ -89,7 +89,9 @@ fn facs() -> Vec<u8> {
 fn dsdt() -> Vec<u8> {
     let mut t = header(b"DSDT", 1);
     // Name (_S5_, Package (4) { Zero, Zero, Zero, Zero })
-    t.extend_from_slice(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00]);
+    t.extend_from_slice(&[
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    ]);
     finish(t)
 }
 
@@ -104,7 +106,7 @@ fn madt(cpus: u32) -> Vec<u8> {
     t.extend_from_slice(&[1, 12, 0, 0]); // IOAPIC id 0
     put32(&mut t, IOAPIC_BASE as u32);
     put32(&mut t, 0); // GSI base
-    // SCI: ISA IRQ 9 → GSI 9, level-triggered, active high.
+                      // SCI: ISA IRQ 9 → GSI 9, level-triggered, active high.
     t.extend_from_slice(&[2, 10, 0, SCI_IRQ as u8]);
     put32(&mut t, SCI_IRQ);
     t.extend_from_slice(&0x000du16.to_le_bytes());
@@ -145,15 +147,26 @@ mod tests {
         for (i, (addr, bytes)) in t.iter().enumerate() {
             if &bytes[..4] != b"FACS" {
                 let n = if i == 0 { 20 } else { bytes.len() };
-                assert_eq!(bytes[..n].iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "table at {addr:#x}");
+                assert_eq!(
+                    bytes[..n].iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+                    0,
+                    "table at {addr:#x}"
+                );
             }
             if let Some((next, _)) = t.get(i + 1) {
-                assert!(addr + bytes.len() as u64 <= *next, "table at {addr:#x} overlaps the next");
+                assert!(
+                    addr + bytes.len() as u64 <= *next,
+                    "table at {addr:#x} overlaps the next"
+                );
             }
         }
         let fadt = &t[2].1;
         assert_eq!(fadt.len(), 116);
-        assert_eq!(u32::from_le_bytes(fadt[64..68].try_into().unwrap()), 0xb004, "PM1a_CNT");
+        assert_eq!(
+            u32::from_le_bytes(fadt[64..68].try_into().unwrap()),
+            0xb004,
+            "PM1a_CNT"
+        );
         let madt = &t[5].1;
         assert_eq!(madt.iter().filter(|_| true).count(), madt.len());
         assert_eq!(madt[44], 0, "first entry is a local APIC");

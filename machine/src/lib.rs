@@ -149,7 +149,8 @@ pub enum MachineEvent {
     Off(OffReason),
 }
 
-/// Creates a partition on the requested backend. `Auto` picks KVM where it can be opened.
+/// Creates a partition on the requested backend. `Auto` means KVM here; callers that want the
+/// software-CPU fallback try [`Backend::Kvm`] first and explain the fallback to the user.
 pub fn create_partition(
     backend: Backend,
     cpus: u32,

@@ -93,7 +93,11 @@ fn read(what: &'static str, path: &Path) -> Result<std::fs::File, LinuxBootError
 
 /// Loads kernel, initrd and command line and writes the zero page with an e820 map.
 /// Also writes the ACPI tables describing `cpus` processors.
-pub fn load(memory: &MemoryMap, boot: &LinuxBoot, cpus: u32) -> Result<LoadedKernel, LinuxBootError> {
+pub fn load(
+    memory: &MemoryMap,
+    boot: &LinuxBoot,
+    cpus: u32,
+) -> Result<LoadedKernel, LinuxBootError> {
     if boot.cmdline.len() > CMDLINE_MAX {
         return Err(LinuxBootError::CommandLine);
     }
@@ -166,7 +170,11 @@ pub fn load(memory: &MemoryMap, boot: &LinuxBoot, cpus: u32) -> Result<LoadedKer
     let mut e820 = vec![
         (0, 0x9_fc00, E820_RAM),
         (0x9_fc00, 0x400, E820_RESERVED),
-        (crate::acpi::TABLES_BASE, 0x10_0000 - crate::acpi::TABLES_BASE, E820_RESERVED),
+        (
+            crate::acpi::TABLES_BASE,
+            0x10_0000 - crate::acpi::TABLES_BASE,
+            E820_RESERVED,
+        ),
         (0x10_0000, memory.below_4g - 0x10_0000, E820_RAM),
     ];
     if memory.above_4g > 0 {

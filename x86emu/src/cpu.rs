@@ -288,6 +288,14 @@ impl Cpu {
                 }
             }
             Err(f) => {
+                if f.vector == 6 {
+                    tracing::debug!(
+                        rip = format_args!("{:#x}", self.insn_start),
+                        code = ?insn.code(),
+                        len = insn.len(),
+                        "#UD"
+                    );
+                }
                 self.state.rip = self.insn_start;
                 self.raise(f, bus)
             }
@@ -319,6 +327,15 @@ impl Cpu {
         match self.deliver(vector, error, kind, bus) {
             Ok(()) => Step::Executed,
             Err(f2) => {
+                tracing::debug!(
+                    vector,
+                    error = ?error,
+                    then = f2.vector,
+                    then_error = ?f2.error,
+                    rip = format_args!("{:#x}", self.insn_start),
+                    cr2 = format_args!("{:#x}", self.state.cr2),
+                    "fault while delivering an event"
+                );
                 if let Some(a) = f2.cr2 {
                     self.state.cr2 = a;
                 }
@@ -396,6 +413,7 @@ impl Cpu {
         d.decode_out(out);
         let insn = &*out;
         if insn.is_invalid() {
+            tracing::debug!(ip = format_args!("{ip:#x}"), bytes = ?&bytes[..avail.min(8)], "undecodable instruction");
             if d.last_error() == iced_x86::DecoderError::NoMoreBytes {
                 if let Some(f) = second_fault {
                     return Err(f);

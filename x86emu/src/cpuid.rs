@@ -8,8 +8,10 @@ const VENDOR: &[u8; 12] = b"TerrariumEmu";
 const BRAND: &[u8; 48] =
     b"Terrarium software CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
-/// Leaf 1 EDX: PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, CLFSH.
-const LEAF1_EDX: u32 = (1 << 3)
+/// Leaf 1 EDX: FPU, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, CLFSH, MMX, FXSR,
+/// SSE, SSE2.
+const LEAF1_EDX: u32 = (1 << 0)
+    | (1 << 3)
     | (1 << 4)
     | (1 << 5)
     | (1 << 6)
@@ -20,7 +22,11 @@ const LEAF1_EDX: u32 = (1 << 3)
     | (1 << 13)
     | (1 << 15)
     | (1 << 16)
-    | (1 << 19);
+    | (1 << 19)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 26);
 /// Leaf 1 ECX: CMPXCHG16B, hypervisor present.
 const LEAF1_ECX: u32 = (1 << 13) | (1 << 31);
 /// Extended leaf 1 EDX: SYSCALL, NX, long mode. ECX: LAHF/SAHF in 64-bit mode.

@@ -432,7 +432,11 @@ impl Cpu {
                 }
             }
             M::Enter => {
-                let size = (-i.stack_pointer_increment()) as usize;
+                let size = match i.code() {
+                    iced_x86::Code::Enterw_imm16_imm8 => 2,
+                    iced_x86::Code::Enterd_imm16_imm8 => 4,
+                    _ => 8,
+                };
                 let alloc = i.immediate(0) & 0xffff;
                 let level = i.immediate(1) & 0x1f;
                 let bp_reg = match size {
@@ -464,7 +468,12 @@ impl Cpu {
                 self.state.gpr[4] = (sp & !mask) | (sp.wrapping_sub(alloc) & mask);
             }
             M::Leave => {
-                let size = i.stack_pointer_increment() as usize;
+                // iced reports no stack-pointer increment for LEAVE; the variant names the size.
+                let size = match i.code() {
+                    iced_x86::Code::Leavew => 2,
+                    iced_x86::Code::Leaved => 4,
+                    _ => 8,
+                };
                 let mask = if self.state.stack_size() == 16 {
                     0xffff
                 } else if self.state.stack_size() == 32 {
@@ -685,10 +694,13 @@ impl Cpu {
                 self.set_flags(STATUS, f);
             }
             M::Bt | M::Bts | M::Btr | M::Btc => self.bit_op(i, bus)?,
-            M::Bsf | M::Bsr => {
+            // Without BMI1/ABM (not advertised), TZCNT and LZCNT execute as BSF and BSR: the
+            // F3 prefix is ignored, which Linux relies on for its bit-search helpers.
+            M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => {
                 let size = Self::op_size(i, 0) as u32 * 8;
                 let v = self.read_op(i, 1, bus)?;
-                let (r, f) = if i.mnemonic() == M::Bsf {
+                let forward = matches!(i.mnemonic(), M::Bsf | M::Tzcnt);
+                let (r, f) = if forward {
                     alu::bsf(size, v, old_flags)
                 } else {
                     alu::bsr(size, v, old_flags)
@@ -1007,9 +1019,8 @@ impl Cpu {
             | M::Outsb
             | M::Outsw
             | M::Outsd
-                if !(i.mnemonic() == M::Movsd
-                    && i.op_count() > 0
-                    && i.op_kind(0) == OpKind::Register) =>
+                if !(matches!(i.mnemonic(), M::Movsd | M::Cmpsd)
+                    && matches!(i.op0_kind(), OpKind::Register | OpKind::Memory)) =>
             {
                 return self.string_op(i, next, bus);
             }

@@ -48,7 +48,9 @@ pub struct Piix4Pm {
 
 impl std::fmt::Debug for Piix4Pm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Piix4Pm").field("pm1_cnt", &self.pm1_cnt).finish()
+        f.debug_struct("Piix4Pm")
+            .field("pm1_cnt", &self.pm1_cnt)
+            .finish()
     }
 }
 
@@ -65,7 +67,17 @@ impl Piix4Pm {
         config.set_writable(0x90, &[0xf0, 0xff, 0, 0]);
         config.set_writable(0xd2, &[0x0f]);
         config.set_writable(0x3c, &[0xff]);
-        Self { config, clock, sci, request, pm1_sts: 0, pm1_en: 0, pm1_cnt: 0, apm_status: 0, sci_level: false }
+        Self {
+            config,
+            clock,
+            sci,
+            request,
+            pm1_sts: 0,
+            pm1_en: 0,
+            pm1_cnt: 0,
+            apm_status: 0,
+            sci_level: false,
+        }
     }
 
     /// True once the OS has switched to ACPI mode.
@@ -114,7 +126,11 @@ impl Piix4Pm {
             v |= u32::from(*b) << (8 * k);
         }
         let shift = u32::from(off & 3) * 8;
-        let mask = if data.len() >= 4 { u32::MAX } else { ((1u32 << (8 * data.len())) - 1) << shift };
+        let mask = if data.len() >= 4 {
+            u32::MAX
+        } else {
+            ((1u32 << (8 * data.len())) - 1) << shift
+        };
         let v = v << shift;
         match off & !3 {
             0 => {
@@ -208,12 +224,21 @@ mod tests {
     use crate::ManualClock;
     use std::sync::Mutex;
 
-    fn pm() -> (Piix4Pm, Arc<Mutex<Vec<ResetKind>>>, ManualClock, Arc<RecordingSink>) {
+    fn pm() -> (
+        Piix4Pm,
+        Arc<Mutex<Vec<ResetKind>>>,
+        ManualClock,
+        Arc<RecordingSink>,
+    ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let clock = ManualClock::new();
         let sink = Arc::new(RecordingSink::default());
-        let d = Piix4Pm::new(Arc::new(clock.clone()), IrqLine::new(sink.clone(), SCI_IRQ), Arc::new(move |k| s.lock().unwrap().push(k)));
+        let d = Piix4Pm::new(
+            Arc::new(clock.clone()),
+            IrqLine::new(sink.clone(), SCI_IRQ),
+            Arc::new(move |k| s.lock().unwrap().push(k)),
+        );
         (d, seen, clock, sink)
     }
 
@@ -234,7 +259,11 @@ mod tests {
         assert!(seen.lock().unwrap().is_empty());
         d.io_write(PM_BASE + 4, &(SCI_EN | SLP_EN).to_le_bytes());
         assert_eq!(*seen.lock().unwrap(), vec![ResetKind::PowerOff]);
-        assert_eq!(read16(&mut d, PM_BASE + 4) & SLP_EN, 0, "SLP_EN reads as zero");
+        assert_eq!(
+            read16(&mut d, PM_BASE + 4) & SLP_EN,
+            0,
+            "SLP_EN reads as zero"
+        );
     }
 
     #[test]

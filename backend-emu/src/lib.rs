@@ -411,6 +411,7 @@ impl x86emu::Bus for EmuBus<'_> {
                     let _ = s
                         .region
                         .write_slice(&data[..n], MemoryRegionAddress(address - s.start));
+                    self.part.code.note_write(address, n);
                 }
                 if n < data.len() {
                     self.write(address + n as u64, &data[n..]);

@@ -318,6 +318,16 @@ impl Cpu {
         kind: EventKind,
         bus: &mut dyn Bus,
     ) -> Step {
+        if kind == EventKind::Exception {
+            tracing::trace!(
+                vector,
+                error = ?error,
+                rip = format_args!("{:#x}", self.state.rip),
+                rsp = format_args!("{:#x}", self.state.gpr[4]),
+                cr2 = format_args!("{:#x}", self.state.cr2),
+                "exception"
+            );
+        }
         let saved = (
             self.state.rip,
             self.state.rflags,

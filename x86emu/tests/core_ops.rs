@@ -106,7 +106,11 @@ fn string_ops_honour_the_direction_flag() {
             break;
         }
     }
-    assert_eq!(&ram.0[0x4000..0x4004], &[0x11, 0x22, 0x33, 0x44], "copied backwards");
+    assert_eq!(
+        &ram.0[0x4000..0x4004],
+        &[0x11, 0x22, 0x33, 0x44],
+        "copied backwards"
+    );
     let g = &cpu.state.gpr;
     // REPNE SCASB from 0x4003 down: 0x44, 0x33, 0x22 (match) → DI = 0x4000, CX = 1, ZF = 1.
     assert_eq!(g[7] & 0xffff, 0x4000, "DI after backwards scan");

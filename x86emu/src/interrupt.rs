@@ -493,10 +493,12 @@ impl Cpu {
         if selector & !3 == 0 {
             return Err(Fault::gp(0));
         }
-        let (_, raw) = self.descriptor(selector, bus)?;
+        let (addr, raw) = self.descriptor(selector, bus)?;
         let d = parse_descriptor(selector, raw);
+        if !d.s {
+            return self.through_call_gate(selector, addr, raw, call, next_ip, bus);
+        }
         if !is_code(&d) {
-            // Call gates and task gates are not implemented.
             return Err(Fault::gp(err));
         }
         let cpl = self.state.cpl();
@@ -513,6 +515,145 @@ impl Cpu {
             self.push(size, next_ip, bus)?;
         }
         self.load_cs(selector, d, cpl);
+        self.state.rip = offset;
+        Ok(())
+    }
+
+    /// Far CALL/JMP through a call gate (16/32-bit gates; 64-bit gates in long mode). A CALL to a
+    /// more privileged non-conforming segment switches to the TSS stack of that level and
+    /// copies the gate's parameters. Task gates (task switches) raise #GP.
+    fn through_call_gate(
+        &mut self,
+        selector: u16,
+        addr: u64,
+        raw: u64,
+        call: bool,
+        next_ip: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let err = u32::from(selector & !3);
+        let long = self.state.long_mode();
+        let gtype = ((raw >> 40) & 0xf) as u8;
+        let gate_size = match (long, gtype) {
+            (false, 0x4) => 2,
+            (false, 0xc) => 4,
+            (true, 0xc) => 8,
+            _ => return Err(Fault::gp(err)),
+        };
+        let cpl = self.state.cpl();
+        let rpl = (selector & 3) as u8;
+        let gdpl = ((raw >> 45) & 3) as u8;
+        if gdpl < cpl.max(rpl) {
+            return Err(Fault::gp(err));
+        }
+        if raw & (1 << 47) == 0 {
+            return Err(Fault::np(err));
+        }
+        let target_sel = (raw >> 16) as u16;
+        let mut offset = (raw & 0xffff) | ((raw >> 32) & 0xffff_0000);
+        if long {
+            offset |= self.read_sys(addr + 8, 4, bus)? << 32;
+        } else if gate_size == 2 {
+            offset &= 0xffff;
+        }
+        let params = ((raw >> 32) & 0x1f) as usize;
+        let terr = u32::from(target_sel & !3);
+        if target_sel & !3 == 0 {
+            return Err(Fault::gp(0));
+        }
+        let (_, traw) = self.descriptor(target_sel, bus)?;
+        let t = parse_descriptor(target_sel, traw);
+        if !is_code(&t) || t.dpl > cpl || (long && !t.l) {
+            return Err(Fault::gp(terr));
+        }
+        if !t.present {
+            return Err(Fault::np(terr));
+        }
+        let conforming = t.type_ & 4 != 0;
+        if !call {
+            if !conforming && t.dpl != cpl {
+                return Err(Fault::gp(terr));
+            }
+            self.load_cs(target_sel, t, cpl);
+            self.state.rip = offset;
+            return Ok(());
+        }
+        let old_cs = u64::from(self.state.seg[seg::CS].selector);
+        if conforming || t.dpl == cpl {
+            self.push(gate_size, old_cs, bus)?;
+            self.push(gate_size, next_ip, bus)?;
+            self.load_cs(target_sel, t, cpl);
+            self.state.rip = offset;
+            return Ok(());
+        }
+        // More privileged: new stack from the TSS, then old SS:ESP, parameters, CS:EIP.
+        let new_cpl = t.dpl;
+        let old_ss = u64::from(self.state.seg[seg::SS].selector);
+        let old_sp = self.state.gpr[4];
+        let tss = self.state.tr.base;
+        let mut copied = Vec::with_capacity(params);
+        for k in 0..params {
+            let mask = if self.state.seg[seg::SS].db {
+                0xffff_ffff
+            } else {
+                0xffff
+            };
+            let at = old_sp.wrapping_add((k * gate_size) as u64) & mask;
+            copied.push(self.read_val(seg::SS, at, gate_size, bus)?);
+        }
+        if long {
+            let rsp = self.read_sys(tss + 4 + u64::from(new_cpl) * 8, 8, bus)?;
+            self.load_cs(target_sel, t, new_cpl);
+            self.state.seg[seg::SS] = Segment {
+                selector: u16::from(new_cpl),
+                unusable: true,
+                dpl: new_cpl,
+                db: true,
+                ..Segment::default()
+            };
+            self.state.gpr[4] = rsp;
+        } else {
+            let tss32 = self.state.tr.type_ & 8 != 0;
+            let (sp, ss) = if tss32 {
+                let off = 4 + u64::from(new_cpl) * 8;
+                (
+                    self.read_sys(tss + off, 4, bus)?,
+                    self.read_sys(tss + off + 4, 2, bus)? as u16,
+                )
+            } else {
+                let off = 2 + u64::from(new_cpl) * 4;
+                (
+                    self.read_sys(tss + off, 2, bus)?,
+                    self.read_sys(tss + off + 2, 2, bus)? as u16,
+                )
+            };
+            let (ss_addr, ss_raw) = self
+                .descriptor(ss, bus)
+                .map_err(|_| Fault::ts(u32::from(ss & !3)))?;
+            let ssd = parse_descriptor(ss, ss_raw);
+            if (ss & 3) as u8 != new_cpl
+                || ssd.dpl != new_cpl
+                || is_code(&ssd)
+                || !ssd.s
+                || ssd.type_ & 2 == 0
+            {
+                return Err(Fault::ts(u32::from(ss & !3)));
+            }
+            if !ssd.present {
+                return Err(Fault::ss(u32::from(ss & !3)));
+            }
+            self.set_accessed(ss_addr, ss_raw, bus)?;
+            self.load_cs(target_sel, t, new_cpl);
+            self.state.seg[seg::SS] = ssd;
+            self.state.gpr[4] = sp;
+        }
+        self.push(gate_size, old_ss, bus)?;
+        self.push(gate_size, old_sp, bus)?;
+        for v in copied.into_iter().rev() {
+            self.push(gate_size, v, bus)?;
+        }
+        self.push(gate_size, old_cs, bus)?;
+        self.push(gate_size, next_ip, bus)?;
         self.state.rip = offset;
         Ok(())
     }

@@ -120,3 +120,95 @@ fn string_ops_honour_the_direction_flag() {
     assert_eq!(g[0] & 0xffff, 0x2211);
     assert_eq!(g[6] & 0xffff, 0x4002);
 }
+
+/// A ring-3 far call through a call gate into ring 0: the TSS supplies the ring-0 stack, the
+/// gate's parameter is copied, and RETF 4 returns to ring 3 with the caller's stack restored.
+#[test]
+fn call_gate_raises_privilege_and_returns() {
+    let mut ram = Ram(vec![0; 0x20000]);
+    let gdt: [u64; 7] = [
+        0,
+        0x00cf_9a00_0000_ffff, // 0x08 ring-0 code
+        0x00cf_9200_0000_ffff, // 0x10 ring-0 data
+        0x00cf_fa00_0000_ffff, // 0x18 ring-3 code
+        0x00cf_f200_0000_ffff, // 0x20 ring-3 data
+        // 0x28 32-bit call gate, DPL 3, 1 parameter, target 0x08:0x3000
+        0x0000_ec01_0008_3000,
+        // 0x30 32-bit available TSS at 0x5000, limit 0x67
+        0x0000_8950_0000_0067,
+    ];
+    for (k, d) in gdt.iter().enumerate() {
+        ram.0[0x500 + k * 8..0x508 + k * 8].copy_from_slice(&d.to_le_bytes());
+    }
+    // TSS: ESP0 = 0x9000, SS0 = 0x10.
+    ram.0[0x5004..0x5008].copy_from_slice(&0x9000u32.to_le_bytes());
+    ram.0[0x5008..0x500a].copy_from_slice(&0x10u16.to_le_bytes());
+    // Ring 3 at 0x1000: push 0x12345678; call 0x2b:0; hlt (privileged: #GP, ends the test)
+    let ring3 = [
+        0x68, 0x78, 0x56, 0x34, 0x12, 0x9a, 0, 0, 0, 0, 0x2b, 0x00, 0xf4,
+    ];
+    ram.0[0x1000..0x1000 + ring3.len()].copy_from_slice(&ring3);
+    // Ring 0 at 0x3000: mov eax, [esp+8]; mov ebx, cs; retf 4
+    let ring0 = [0x8b, 0x44, 0x24, 0x08, 0x8c, 0xcb, 0xca, 0x04, 0x00];
+    ram.0[0x3000..0x3000 + ring0.len()].copy_from_slice(&ring0);
+    let mut cpu = Cpu::new(true);
+    let seg = |sel: u16, code: bool| hv::Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: sel,
+        type_: if code { 0xb } else { 0x3 },
+        present: true,
+        dpl: 3,
+        db: true,
+        s: true,
+        l: false,
+        g: true,
+        avl: false,
+        unusable: false,
+    };
+    let s = &mut cpu.state;
+    s.cr0 |= 1;
+    s.gdt = hv::TableRegister {
+        base: 0x500,
+        limit: 7 * 8 - 1,
+    };
+    s.tr = hv::Segment {
+        base: 0x5000,
+        limit: 0x67,
+        selector: 0x30,
+        type_: 0xb,
+        present: true,
+        ..Default::default()
+    };
+    s.seg = [
+        seg(0x23, false),
+        seg(0x1b, true),
+        seg(0x23, false),
+        seg(0x23, false),
+        seg(0x23, false),
+        seg(0x23, false),
+    ];
+    s.rip = 0x1000;
+    s.gpr[4] = 0x7000;
+    // push, call (→ ring 0), mov, mov, retf (→ ring 3)
+    for _ in 0..5 {
+        assert_eq!(cpu.step(&mut ram), Step::Executed);
+    }
+    assert_eq!(
+        cpu.state.gpr[0], 0x1234_5678,
+        "parameter copied to the ring-0 stack"
+    );
+    assert_eq!(cpu.state.gpr[3] & 0xffff, 0x08, "ran in ring 0");
+    assert_eq!(cpu.state.cpl(), 3, "back in ring 3");
+    assert_eq!(cpu.state.rip, 0x100c, "returned after the call");
+    assert_eq!(cpu.state.gpr[4], 0x7000, "RETF 4 released the parameter");
+    assert_eq!(
+        cpu.state.seg[2].selector, 0x23,
+        "ring-3 stack segment restored"
+    );
+    assert_eq!(
+        u32::from_le_bytes(ram.0[0x8ff4..0x8ff8].try_into().unwrap()),
+        0x1234_5678,
+        "copy on the TSS stack"
+    );
+}

@@ -50,6 +50,7 @@ pub struct Lapic {
     regs: [u32; 256],
     timer_start_ns: u64,
     timer_deadline_ns: Option<u64>,
+    tsc_deadline: u64,
     /// NMI waiting to be taken.
     pub nmi_pending: bool,
     /// INIT received.
@@ -65,6 +66,7 @@ impl Lapic {
             regs: [0; 256],
             timer_start_ns: 0,
             timer_deadline_ns: None,
+            tsc_deadline: 0,
             nmi_pending: false,
             init_pending: false,
             sipi_pending: None,
@@ -202,6 +204,28 @@ impl Lapic {
         u64::from(self.get(reg::TIMER_INITIAL)) * div * 1_000_000_000 / TIMER_HZ
     }
 
+    fn tsc_deadline_mode(&self) -> bool {
+        (self.get(reg::LVT_TIMER) >> 17) & 3 == 2
+    }
+
+    /// IA32_TSC_DEADLINE write: arms (non-zero) or disarms (zero) the timer in TSC-deadline
+    /// mode; ignored in the other modes. The TSC counts nanoseconds.
+    pub fn write_tsc_deadline(&mut self, deadline: u64) {
+        self.tsc_deadline = deadline;
+        if self.tsc_deadline_mode() {
+            self.timer_deadline_ns = (deadline != 0).then_some(deadline);
+        }
+    }
+
+    /// IA32_TSC_DEADLINE read (zero once fired or disarmed).
+    pub fn tsc_deadline(&self) -> u64 {
+        if self.tsc_deadline_mode() {
+            self.timer_deadline_ns.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
     /// Fires the timer when due; returns the next deadline.
     pub fn poll_timer(&mut self, now: u64) -> Option<u64> {
         let deadline = self.timer_deadline_ns?;
@@ -213,6 +237,11 @@ impl Lapic {
             self.set_irr(lvt as u8, false);
         }
         let periodic = (lvt >> 17) & 3 == 1;
+        if self.tsc_deadline_mode() {
+            self.tsc_deadline = 0;
+            self.timer_deadline_ns = None;
+            return None;
+        }
         let period = self.timer_period_ns();
         if periodic && period > 0 {
             // Coalesce missed periods into one interrupt.
@@ -286,12 +315,19 @@ impl Lapic {
             | reg::LVT_LINT0
             | reg::LVT_LINT1
             | reg::LVT_ERROR => {
-                let mut v = v & 0x0003_17ff;
+                let mut v = v & 0x0007_17ff;
                 if !self.software_enabled() {
                     v |= MASKED;
                 }
-                self.set(offset & 0xff0, v);
+                let off = offset & 0xff0;
+                if off == reg::LVT_TIMER && (self.get(off) ^ v) & (3 << 17) != 0 {
+                    // A timer mode change disarms the timer.
+                    self.timer_deadline_ns = None;
+                    self.tsc_deadline = 0;
+                }
+                self.set(off, v);
             }
+            reg::TIMER_INITIAL if self.tsc_deadline_mode() => {}
             reg::TIMER_INITIAL => {
                 self.set(reg::TIMER_INITIAL, v);
                 self.timer_start_ns = now;
@@ -340,6 +376,22 @@ mod tests {
         assert_eq!(l.deliverable(), Some(0x31));
         l.write(reg::TPR, 0x40, 0);
         assert_eq!(l.deliverable(), None, "TPR masks class 3");
+    }
+
+    #[test]
+    fn tsc_deadline_mode() {
+        let mut l = Lapic::new(0);
+        l.write(reg::SVR, 0x1ff, 0);
+        l.write(reg::LVT_TIMER, 0x42 | (2 << 17), 0);
+        l.write_tsc_deadline(5000);
+        assert_eq!(l.tsc_deadline(), 5000);
+        assert_eq!(l.poll_timer(4999), Some(5000));
+        assert_eq!(l.poll_timer(5000), None);
+        assert_eq!(l.deliverable(), Some(0x42));
+        assert_eq!(l.tsc_deadline(), 0, "cleared once fired");
+        l.write_tsc_deadline(9000);
+        l.write_tsc_deadline(0);
+        assert_eq!(l.poll_timer(10_000), None, "disarmed by writing zero");
     }
 
     #[test]

@@ -23,6 +23,8 @@ use x86emu::{Cpu, Step};
 
 /// Instructions executed between looks at interrupts and stop requests.
 const BATCH: u32 = 4096;
+/// The TSC-deadline MSR of the local APIC timer.
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Physical addresses below this may hold cached decoded code (64 GiB).
 const CODE_TRACKED: u64 = 1 << 36;
 /// Largest vCPU count.
@@ -474,7 +476,15 @@ impl x86emu::Bus for EmuBus<'_> {
         true
     }
 
+    fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        (index == IA32_TSC_DEADLINE).then(|| lock(&self.shared.lapic).tsc_deadline())
+    }
+
     fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+        if index == IA32_TSC_DEADLINE {
+            lock(&self.shared.lapic).write_tsc_deadline(value);
+            return true;
+        }
         if index == 0x1b {
             self.apic_page = (value & (1 << 11) != 0).then_some(value & 0xf_ffff_f000);
             return true;

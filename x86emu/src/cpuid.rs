@@ -27,8 +27,8 @@ const LEAF1_EDX: u32 = (1 << 0)
     | (1 << 24)
     | (1 << 25)
     | (1 << 26);
-/// Leaf 1 ECX: CMPXCHG16B, hypervisor present.
-const LEAF1_ECX: u32 = (1 << 13) | (1 << 31);
+/// Leaf 1 ECX: CMPXCHG16B, TSC-deadline APIC timer, hypervisor present.
+const LEAF1_ECX: u32 = (1 << 13) | (1 << 24) | (1 << 31);
 /// Extended leaf 1 EDX: SYSCALL, NX, long mode. ECX: LAHF/SAHF in 64-bit mode.
 const EXT1_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 29);
 const EXT1_ECX: u32 = 1;

@@ -212,3 +212,112 @@ fn call_gate_raises_privilege_and_returns() {
         "copy on the TSS stack"
     );
 }
+
+/// IRET into virtual-8086 mode runs real-mode-style code (segment × 16 addressing); INT n there
+/// with IOPL < 3 raises #GP, which enters the ring-0 handler on the TSS stack with the v86
+/// segment registers pushed and zeroed.
+#[test]
+fn virtual_8086_mode_entry_and_exit() {
+    let mut ram = Ram(vec![0; 0x30000]);
+    let gdt: [u64; 4] = [
+        0,
+        0x00cf_9a00_0000_ffff, // 0x08 ring-0 code
+        0x00cf_9200_0000_ffff, // 0x10 ring-0 data
+        0x0000_8950_0000_0067, // 0x18 TSS at 0x5000
+    ];
+    for (k, d) in gdt.iter().enumerate() {
+        ram.0[0x500 + k * 8..0x508 + k * 8].copy_from_slice(&d.to_le_bytes());
+    }
+    ram.0[0x5004..0x5008].copy_from_slice(&0x9000u32.to_le_bytes()); // ESP0
+    ram.0[0x5008..0x500a].copy_from_slice(&0x10u16.to_le_bytes()); // SS0
+                                                                   // IDT at 0x6000: #GP (13) → 0x08:0x3000, 32-bit interrupt gate.
+    let gate: u64 = 0x3000 | (0x08 << 16) | (0x8e00u64 << 32);
+    ram.0[0x6000 + 13 * 8..0x6000 + 14 * 8].copy_from_slice(&gate.to_le_bytes());
+    // Ring 0 at 0x1000: push v86 frame (GS FS DS ES SS ESP EFLAGS CS EIP) and IRETD.
+    let mut ring0 = Vec::new();
+    for v in [
+        0x2000u32,
+        0x2000,
+        0x2000,
+        0x2000,
+        0x2000,
+        0x0800,
+        0x0002_0002,
+        0x2000,
+        0x0010,
+    ] {
+        ring0.push(0x68);
+        ring0.extend_from_slice(&v.to_le_bytes());
+    }
+    ring0.push(0xcf); // iretd
+    ram.0[0x1000..0x1000 + ring0.len()].copy_from_slice(&ring0);
+    // v86 code at 2000:0010 (linear 0x20010): mov ax, 0x1234; mov [0x20], ax; int 0x21
+    let v86 = [0xb8, 0x34, 0x12, 0xa3, 0x20, 0x00, 0xcd, 0x21];
+    ram.0[0x20010..0x20010 + v86.len()].copy_from_slice(&v86);
+    // #GP handler at 0x3000: hlt
+    ram.0[0x3000] = 0xf4;
+    let mut cpu = Cpu::new(true);
+    let flat = |sel: u16, code: bool| hv::Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: sel,
+        type_: if code { 0xb } else { 0x3 },
+        present: true,
+        dpl: 0,
+        db: true,
+        s: true,
+        l: false,
+        g: true,
+        avl: false,
+        unusable: false,
+    };
+    let s = &mut cpu.state;
+    s.cr0 |= 1;
+    s.gdt = hv::TableRegister {
+        base: 0x500,
+        limit: 31,
+    };
+    s.idt = hv::TableRegister {
+        base: 0x6000,
+        limit: 0x7ff,
+    };
+    s.tr = hv::Segment {
+        base: 0x5000,
+        limit: 0x67,
+        selector: 0x18,
+        type_: 0xb,
+        present: true,
+        ..Default::default()
+    };
+    s.seg = [
+        flat(0x10, false),
+        flat(0x08, true),
+        flat(0x10, false),
+        flat(0x10, false),
+        flat(0x10, false),
+        flat(0x10, false),
+    ];
+    s.rip = 0x1000;
+    s.gpr[4] = 0x8000;
+    for _ in 0..20 {
+        if cpu.step(&mut ram) == Step::Halted {
+            break;
+        }
+    }
+    assert!(cpu.state.halted, "reached the #GP handler");
+    assert_eq!(
+        u16::from_le_bytes([ram.0[0x20020], ram.0[0x20021]]),
+        0x1234,
+        "v86 store at DS*16+0x20"
+    );
+    assert_eq!(cpu.state.cpl(), 0);
+    assert_eq!(cpu.state.rflags & (1 << 17), 0, "VM cleared in the handler");
+    // Ring-0 stack from ESP0 down: GS FS DS ES SS ESP EFLAGS CS EIP error.
+    let word = |a: usize| u32::from_le_bytes(ram.0[a..a + 4].try_into().unwrap());
+    assert_eq!(word(0x9000 - 4), 0x2000, "GS pushed");
+    assert_ne!(word(0x9000 - 28) & (1 << 17), 0, "pushed EFLAGS has VM set");
+    assert_eq!(word(0x9000 - 32), 0x2000, "pushed CS");
+    assert_eq!(word(0x9000 - 36), 0x16, "pushed EIP at the INT instruction");
+    assert_eq!(word(0x9000 - 40), 0, "error code");
+    assert!(cpu.state.seg[3].unusable, "DS zeroed on the way out of v86");
+}

@@ -19,59 +19,22 @@ TERRARIUM="${TERRARIUM:-$REPO/target/release/terrarium}"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export TERRARIUM QEMU_BIN QEMU_DATA QEMU_SEABIOS QEMU_IPXE QEMU_MODULE_DIR WORK ROUNDS ITER
-python3 - <<'PY'
-import os, statistics, subprocess, time
+PYTHONPATH="$REPO/bench" python3 - <<'PY'
+import os
+from peers import alternate, between_markers, marker_firmware, qemu, qemu_debugcon, wait_for
 
 work, n, rounds = os.environ["WORK"], int(os.environ["ITER"]), int(os.environ["ROUNDS"])
 fw = os.path.join(work, "loop.bin")
-rom = bytearray([0xF4]) * (64 << 10)
-code = bytes([0xBA, 0x02, 0x04, 0xB0, ord("S"), 0xEE,              # mov dx,0x402; mov al,'S'; out
-              0x66, 0xB9]) + n.to_bytes(4, "little") + bytes([      # mov ecx, ITER
-              0x66, 0x49, 0x75, 0xFC,                               # 1: dec ecx; jnz 1b
-              0xB0, ord("D"), 0xEE, 0xFA, 0xF4])                    # 'D'; cli; hlt
-rom[0:len(code)] = code
-rom[0xFFF0:0xFFF3] = bytes([0xE9]) + ((0 - 0xFFF3) & 0xFFFF).to_bytes(2, "little")
-open(fw, "wb").write(rom)
+marker_firmware(fw, bytes([0x66, 0xB9]) + n.to_bytes(4, "little") + bytes([  # mov ecx, ITER
+    0x66, 0x49, 0x75, 0xFC]))                                                # 1: dec ecx; jnz 1b
 
-def terrarium(log):
-    return [os.environ["TERRARIUM"], "run", "--backend", "emu", "--memory", "128",
-            "--firmware", fw, "--debugcon", log, "--timeout", "300"]
-
-def qemu(log):
-    e = os.environ
-    return [e["QEMU_BIN"], "-M", "pc", "-accel", "tcg", "-m", "128", "-nic", "none",
-            "-display", "none", "-L", e["QEMU_DATA"], "-L", e["QEMU_SEABIOS"], "-L", e["QEMU_IPXE"],
-            "-bios", fw, "-chardev", f"file,id=dbg,path={log}",
-            "-device", "isa-debugcon,iobase=0x402,chardev=dbg", "-no-reboot"]
-
-def measure(cmd_for, name):
+def peer(name, cmd_for):
     log = os.path.join(work, f"{name}.log")
-    open(log, "w").close()
-    p = subprocess.Popen(cmd_for(log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start = None
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            data = open(log, "rb").read()
-            now = time.monotonic()
-            if start is None and b"S" in data:
-                start = now
-            if b"D" in data:
-                return 2 * n / (now - start) / 1e6
-            time.sleep(0.001)
-        raise SystemExit(f"{name}: no 'D' on the debug port within 300 s")
-    finally:
-        p.kill()
-        p.wait()
+    return lambda: 2 * n / wait_for(cmd_for(log), log, between_markers()) / 1e6
 
-results = {"terrarium": [], "qemu": []}
-for r in range(rounds):
-    order = [("terrarium", terrarium), ("qemu", qemu)]
-    if r % 2:
-        order.reverse()
-    for name, cmd in order:
-        results[name].append(measure(cmd, name))
-    print(f"round {r + 1}: terrarium {results['terrarium'][-1]:.0f} MIPS, qemu tcg {results['qemu'][-1]:.0f} MIPS")
-t, q = statistics.median(results["terrarium"]), statistics.median(results["qemu"])
-print(f"median: terrarium emu {t:.0f} MIPS, qemu tcg {q:.0f} MIPS, ratio terrarium/qemu {t / q:.3f}")
+alternate(rounds, {
+    "terrarium-emu": peer("terrarium", lambda log: [os.environ["TERRARIUM"], "run", "--backend", "emu",
+        "--memory", "128", "--firmware", fw, "--debugcon", log, "--timeout", "300"]),
+    "qemu-tcg": peer("qemu", lambda log: qemu("tcg", "-m", "128", "-bios", fw, *qemu_debugcon(log), "-no-reboot")),
+}, "MIPS")
 PY

@@ -20,51 +20,26 @@ TERRARIUM="${TERRARIUM:-$REPO/target/release/terrarium}"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export TERRARIUM QEMU_BIN QEMU_DATA QEMU_SEABIOS QEMU_IPXE QEMU_MODULE_DIR WORK ROUNDS ASSETS
-python3 - <<'PY'
-import os, statistics, subprocess, time
+PYTHONPATH="$REPO/bench" python3 - <<'PY'
+import os
+from peers import alternate, qemu, wait_for
 
 work, rounds, assets = os.environ["WORK"], int(os.environ["ROUNDS"]), os.environ["ASSETS"]
 kernel, initrd = os.path.join(assets, "vmlinuz"), os.path.join(assets, "initramfs.cpio.gz")
 append = "console=ttyS0"
-MARK = b"TERRARIUM-BOOT-OK"
 
-def terrarium(log):
-    return [os.environ["TERRARIUM"], "run", "--backend", "emu", "--memory", "256",
-            "--kernel", kernel, "--initrd", initrd, "--append", append,
-            "--serial", log, "--timeout", "300"]
+def marker(data, now):
+    return now if b"TERRARIUM-BOOT-OK" in data else None
 
-def qemu(log):
-    e = os.environ
-    return [e["QEMU_BIN"], "-M", "pc", "-accel", "tcg", "-m", "256", "-nic", "none",
-            "-display", "none", "-L", e["QEMU_DATA"], "-L", e["QEMU_SEABIOS"], "-L", e["QEMU_IPXE"],
-            "-kernel", kernel, "-initrd", initrd, "-append", append,
-            "-serial", f"file:{log}", "-no-reboot"]
-
-def measure(cmd_for, name):
+def peer(name, cmd_for):
     log = os.path.join(work, f"{name}.log")
-    open(log, "w").close()
-    start = time.monotonic()
-    p = subprocess.Popen(cmd_for(log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while time.monotonic() - start < 300:
-            if MARK in open(log, "rb").read():
-                return time.monotonic() - start
-            if p.poll() is not None:
-                raise SystemExit(f"{name} exited ({p.returncode}) before the marker; log in {log}")
-            time.sleep(0.005)
-        raise SystemExit(f"{name}: no marker within 300 s")
-    finally:
-        p.kill()
-        p.wait()
+    return lambda: wait_for(cmd_for(log), log, marker, poll=0.005)
 
-results = {"terrarium": [], "qemu": []}
-for r in range(rounds):
-    order = [("terrarium", terrarium), ("qemu", qemu)]
-    if r % 2:
-        order.reverse()
-    for name, cmd in order:
-        results[name].append(measure(cmd, name))
-    print(f"round {r + 1}: terrarium {results['terrarium'][-1]:.2f} s, qemu tcg {results['qemu'][-1]:.2f} s")
-t, q = statistics.median(results["terrarium"]), statistics.median(results["qemu"])
-print(f"median: terrarium emu {t:.2f} s, qemu tcg {q:.2f} s, ratio terrarium/qemu {t / q:.2f}")
+alternate(rounds, {
+    "terrarium-emu": peer("terrarium", lambda log: [os.environ["TERRARIUM"], "run", "--backend", "emu",
+        "--memory", "256", "--kernel", kernel, "--initrd", initrd, "--append", append,
+        "--serial", log, "--timeout", "300"]),
+    "qemu-tcg": peer("qemu", lambda log: qemu("tcg", "-m", "256", "-kernel", kernel, "-initrd", initrd,
+        "-append", append, "-serial", f"file:{log}", "-no-reboot")),
+}, "s")
 PY

@@ -583,33 +583,13 @@ impl Cpu {
             M::Mul | M::Imul if i.op_count() == 1 => {
                 let size = Self::op_size(i, 0) as u32 * 8;
                 let b = self.read_op(i, 0, bus)?;
-                let acc = match size {
-                    8 => Register::AL,
-                    16 => Register::AX,
-                    32 => Register::EAX,
-                    _ => Register::RAX,
-                };
-                let a = self.reg(acc);
+                let a = self.reg(acc_pair(size).0);
                 let (lo, hi, f) = if i.mnemonic() == M::Mul {
                     alu::mul(size, a, b, self.state.rflags)
                 } else {
                     alu::imul(size, a, b, self.state.rflags)
                 };
-                match size {
-                    8 => self.set_reg(Register::AX, (hi << 8) | lo),
-                    16 => {
-                        self.set_reg(Register::AX, lo);
-                        self.set_reg(Register::DX, hi);
-                    }
-                    32 => {
-                        self.set_reg(Register::EAX, lo);
-                        self.set_reg(Register::EDX, hi);
-                    }
-                    _ => {
-                        self.set_reg(Register::RAX, lo);
-                        self.set_reg(Register::RDX, hi);
-                    }
-                }
+                self.set_acc_pair(size, lo, hi);
                 self.set_flags(STATUS, f);
             }
             M::Imul => {
@@ -626,33 +606,15 @@ impl Cpu {
             M::Div | M::Idiv => {
                 let size = Self::op_size(i, 0) as u32 * 8;
                 let d = self.read_op(i, 0, bus)?;
-                let (hi, lo) = match size {
-                    8 => (self.reg(Register::AH), self.reg(Register::AL)),
-                    16 => (self.reg(Register::DX), self.reg(Register::AX)),
-                    32 => (self.reg(Register::EDX), self.reg(Register::EAX)),
-                    _ => (self.reg(Register::RDX), self.reg(Register::RAX)),
-                };
+                let (lo_reg, hi_reg) = acc_pair(size);
+                let (hi, lo) = (self.reg(hi_reg), self.reg(lo_reg));
                 let r = if i.mnemonic() == M::Div {
                     alu::div(size, hi, lo, d)
                 } else {
                     alu::idiv(size, hi, lo, d)
                 };
                 let (q, rem) = r.ok_or_else(Fault::de)?;
-                match size {
-                    8 => self.set_reg(Register::AX, ((rem & 0xff) << 8) | (q & 0xff)),
-                    16 => {
-                        self.set_reg(Register::AX, q);
-                        self.set_reg(Register::DX, rem);
-                    }
-                    32 => {
-                        self.set_reg(Register::EAX, q);
-                        self.set_reg(Register::EDX, rem);
-                    }
-                    _ => {
-                        self.set_reg(Register::RAX, q);
-                        self.set_reg(Register::RDX, rem);
-                    }
-                }
+                self.set_acc_pair(size, q, rem);
             }
             M::Daa | M::Das => {
                 let al = self.reg(Register::AL) as u8;
@@ -1739,6 +1701,25 @@ impl Cpu {
             }
         }
         Ok(())
+    }
+}
+
+/// The (low, high) register pair of a `size`-bit MUL/DIV: AL/AH, AX/DX, EAX/EDX or RAX/RDX.
+fn acc_pair(size: u32) -> (Register, Register) {
+    match size {
+        8 => (Register::AL, Register::AH),
+        16 => (Register::AX, Register::DX),
+        32 => (Register::EAX, Register::EDX),
+        _ => (Register::RAX, Register::RDX),
+    }
+}
+
+impl Cpu {
+    /// Writes a MUL/DIV result pair into the accumulator pair of `size` bits.
+    fn set_acc_pair(&mut self, size: u32, lo: u64, hi: u64) {
+        let (l, h) = acc_pair(size);
+        self.set_reg(l, lo);
+        self.set_reg(h, hi);
     }
 }
 

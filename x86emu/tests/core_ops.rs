@@ -321,3 +321,31 @@ fn virtual_8086_mode_entry_and_exit() {
     assert_eq!(word(0x9000 - 40), 0, "error code");
     assert!(cpu.state.seg[3].unusable, "DS zeroed on the way out of v86");
 }
+
+#[test]
+fn mul_and_div_write_their_register_pairs() {
+    // mov al,200; mov bl,3; mul bl (AX=600); mov cx,1000; mov ax,0xffff; mul cx (DX:AX=0x3e7_fc18)
+    // mov dx,0; mov ax,1000; mov cx,7; div cx (AX=142, DX=6); mov ax,100; mov bl,7; div bl (AL=14, AH=2)
+    let (cpu, _) = run16(&[
+        0xb0, 200, 0xb3, 3, 0xf6, 0xe3, // mul bl
+        0xbe, 0x00, 0x00, 0x89, 0xc6, // mov si,0; mov si,ax (keep 600)
+        0xb9, 0xe8, 0x03, 0xb8, 0xff, 0xff, 0xf7, 0xe1, // mov cx,1000; mov ax,0xffff; mul cx
+        0x89, 0xc7, 0x89, 0xd5, // mov di,ax; mov bp,dx
+        0xba, 0x00, 0x00, 0xb8, 0xe8, 0x03, 0xb9, 0x07, 0x00, 0xf7, 0xf1, // div cx
+        0x89, 0x16, 0x00, 0x50, 0xa3, 0x02, 0x50, // mov [0x5000],dx; mov [0x5002],ax
+        0xb8, 100, 0x00, 0xb3, 7, 0xf6, 0xf3, // mov ax,100; mov bl,7; div bl
+        0xf4,
+    ]);
+    let g = &cpu.state.gpr;
+    assert_eq!(g[6] & 0xffff, 600, "MUL r/m8 writes AX");
+    assert_eq!(
+        (g[5] & 0xffff) << 16 | (g[7] & 0xffff),
+        0xffff * 1000,
+        "MUL r/m16 writes DX:AX"
+    );
+    assert_eq!(
+        g[0] & 0xffff,
+        2 << 8 | 14,
+        "DIV r/m8 writes AL (quotient) and AH (remainder)"
+    );
+}

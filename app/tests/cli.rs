@@ -188,7 +188,10 @@ fn kvm_emulation_failure_is_one_clear_line() {
 /// VM on the software CPU (SeaBIOS reaches its boot attempt on the debug port).
 #[test]
 fn auto_falls_back_to_the_software_cpu_with_a_reason() {
-    let bios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets/bios.bin");
+    let assets = std::env::var_os("TERRARIUM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
+    let bios = assets.join("bios.bin");
     if !std::path::Path::new("/dev/kvm").exists() || unsafe_free_uid() != 0 || !bios.is_file() {
         return;
     }

@@ -920,6 +920,8 @@ impl Cpu {
                     M::Iretd => 4,
                     _ => 8,
                 };
+                // A task switch saves the address after IRET for the outgoing task.
+                self.state.rip = next;
                 return self.iret(size, bus);
             }
             M::Int | M::Int3 | M::Into | M::Int1 => {

@@ -5,6 +5,27 @@ use crate::mmu::Access;
 use crate::state::{flags, seg};
 use hv::Segment;
 
+/// What started a task switch (it decides the busy bits, back link and NT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskSwitch {
+    /// JMP to a TSS or task gate.
+    Jump,
+    /// CALL, INT n or an exception through a task gate (nests: back link, NT).
+    Call,
+    /// IRET with NT set (returns to the back-linked task).
+    Iret,
+}
+
+impl TaskSwitch {
+    fn from_call(call: bool) -> Self {
+        if call {
+            Self::Call
+        } else {
+            Self::Jump
+        }
+    }
+}
+
 /// Decodes an 8-byte segment descriptor.
 pub fn parse_descriptor(selector: u16, raw: u64) -> Segment {
     let g = raw & (1 << 55) != 0;
@@ -205,6 +226,17 @@ impl Cpu {
         let gtype = ((gate >> 40) & 0x1f) as u8;
         let gdpl = ((gate >> 45) & 3) as u8;
         let present = gate & (1 << 47) != 0;
+        if !long && gtype == 0x5 {
+            let cpl = self.state.cpl();
+            if kind == EventKind::Software && gdpl < cpl {
+                return Err(Fault::gp(gate_err));
+            }
+            if !present {
+                return Err(Fault::np(gate_err));
+            }
+            let rip = self.state.rip;
+            return self.task_switch((gate >> 16) as u16, TaskSwitch::Call, rip, error, bus);
+        }
         let (gate32, trap) = match (long, gtype) {
             (true, 0xe) => (true, false),
             (true, 0xf) => (true, true),
@@ -366,7 +398,10 @@ impl Cpu {
             return Ok(());
         }
         if s.rflags & flags::NT != 0 && !s.long_mode() {
-            return Err(Fault::gp(0)); // Task switches are not supported.
+            // Return to the task that called this one (the TSS back link).
+            let back = self.read_sys(self.state.tr.base, 2, bus)? as u16;
+            let rip = self.state.rip;
+            return self.task_switch(back, TaskSwitch::Iret, rip, None, bus);
         }
         let cpl = s.cpl();
         let rip = self.pop(size, bus)?;
@@ -496,7 +531,27 @@ impl Cpu {
         let (addr, raw) = self.descriptor(selector, bus)?;
         let d = parse_descriptor(selector, raw);
         if !d.s {
-            return self.through_call_gate(selector, addr, raw, call, next_ip, bus);
+            return match d.type_ {
+                // Available 32-bit TSS, or a task gate naming one.
+                0x9 => self.task_switch(selector, TaskSwitch::from_call(call), next_ip, None, bus),
+                0x5 if !self.state.long_mode() => {
+                    let gdpl = ((raw >> 45) & 3) as u8;
+                    if gdpl < self.state.cpl().max((selector & 3) as u8) {
+                        return Err(Fault::gp(err));
+                    }
+                    if raw & (1 << 47) == 0 {
+                        return Err(Fault::np(err));
+                    }
+                    self.task_switch(
+                        (raw >> 16) as u16,
+                        TaskSwitch::from_call(call),
+                        next_ip,
+                        None,
+                        bus,
+                    )
+                }
+                _ => self.through_call_gate(selector, addr, raw, call, next_ip, bus),
+            };
         }
         if !is_code(&d) {
             return Err(Fault::gp(err));
@@ -655,6 +710,157 @@ impl Cpu {
         self.push(gate_size, old_cs, bus)?;
         self.push(gate_size, next_ip, bus)?;
         self.state.rip = offset;
+        Ok(())
+    }
+
+    /// Hardware task switch to the 32-bit TSS `selector` (SDM vol. 3, 7.3): saves the current
+    /// task's registers into its TSS, manages the busy bits, back link and NT, loads the new
+    /// task's CR3, LDT, segments and registers, and sets CR0.TS. `next_ip` is the EIP saved for
+    /// the old task; an `error` code (exception through a task gate) is pushed on the new stack.
+    /// 16-bit TSSs raise #GP.
+    pub(crate) fn task_switch(
+        &mut self,
+        selector: u16,
+        how: TaskSwitch,
+        next_ip: u64,
+        error: Option<u32>,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let err = u32::from(selector & !3);
+        if selector & 4 != 0 || selector & !3 == 0 {
+            return Err(Fault::ts(err));
+        }
+        let (addr, raw) = self.descriptor(selector, bus)?;
+        let d = parse_descriptor(selector, raw);
+        let want_busy = how == TaskSwitch::Iret;
+        let ok_type = if want_busy {
+            d.type_ == 0xb
+        } else {
+            d.type_ == 0x9
+        };
+        if d.s || !ok_type {
+            return Err(if want_busy {
+                Fault::ts(err)
+            } else {
+                Fault::gp(err)
+            });
+        }
+        if !d.present {
+            return Err(Fault::np(err));
+        }
+        if d.limit < 0x67 {
+            return Err(Fault::ts(err));
+        }
+        // Save the outgoing task.
+        let old = self.state.tr;
+        let ob = old.base;
+        let mut out_flags = self.state.rflags;
+        if how != TaskSwitch::Call {
+            out_flags &= !flags::NT;
+        }
+        self.write_sys(ob + 0x20, 4, next_ip & 0xffff_ffff, bus)?;
+        self.write_sys(ob + 0x24, 4, out_flags & 0xffff_ffff, bus)?;
+        for k in 0..8 {
+            self.write_sys(
+                ob + 0x28 + k * 4,
+                4,
+                self.state.gpr[k as usize] & 0xffff_ffff,
+                bus,
+            )?;
+        }
+        let out_sels = self.state.seg.map(|sg| sg.selector);
+        for (k, sel) in out_sels.iter().enumerate() {
+            self.write_sys(ob + 0x48 + k as u64 * 4, 2, u64::from(*sel), bus)?;
+        }
+        // Busy bits and the back link.
+        if how != TaskSwitch::Call {
+            let (oaddr, oraw) = self.descriptor(old.selector, bus)?;
+            self.write_sys(oaddr + 5, 1, (oraw >> 40) & 0xfd, bus)?;
+        }
+        if how != TaskSwitch::Iret {
+            self.write_sys(addr + 5, 1, ((raw >> 40) & 0xff) | 2, bus)?;
+        }
+        let nb = d.base;
+        if how == TaskSwitch::Call {
+            self.write_sys(nb, 2, u64::from(old.selector), bus)?;
+        }
+        // Load the incoming task.
+        let mut tr = d;
+        tr.type_ = 0xb;
+        self.state.tr = tr;
+        let cr3 = self.read_sys(nb + 0x1c, 4, bus)?;
+        let eip = self.read_sys(nb + 0x20, 4, bus)?;
+        let mut eflags = self.read_sys(nb + 0x24, 4, bus)? | flags::FIXED;
+        if how == TaskSwitch::Call {
+            eflags |= flags::NT;
+        }
+        let mut gpr = [0u64; 8];
+        for (k, g) in gpr.iter_mut().enumerate() {
+            *g = self.read_sys(nb + 0x28 + k as u64 * 4, 4, bus)?;
+        }
+        let mut sels = [0u16; 6];
+        for (k, sel) in sels.iter_mut().enumerate() {
+            *sel = self.read_sys(nb + 0x48 + k as u64 * 4, 2, bus)? as u16;
+        }
+        let ldt = self.read_sys(nb + 0x60, 2, bus)? as u16;
+        if self.state.cr0 & crate::state::cr::PG != 0 {
+            self.state.cr3 = cr3;
+        }
+        self.tlb.flush();
+        self.state.gpr[..8].copy_from_slice(&gpr);
+        self.state.rflags = eflags;
+        self.state.rip = eip;
+        self.state.cr0 |= crate::state::cr::TS;
+        self.load_task_ldt(ldt, bus)?;
+        if eflags & flags::VM != 0 {
+            for (k, sel) in sels.iter().enumerate() {
+                let mut sg = Segment::real_mode(*sel, k == seg::CS);
+                sg.dpl = 3;
+                self.state.seg[k] = sg;
+            }
+        } else {
+            let cs = sels[seg::CS];
+            let (_, craw) = self
+                .descriptor(cs, bus)
+                .map_err(|_| Fault::ts(u32::from(cs & !3)))?;
+            let cd = parse_descriptor(cs, craw);
+            if !is_code(&cd) {
+                return Err(Fault::ts(u32::from(cs & !3)));
+            }
+            if !cd.present {
+                return Err(Fault::np(u32::from(cs & !3)));
+            }
+            self.load_cs(cs, cd, (cs & 3) as u8);
+            for k in [seg::SS, seg::DS, seg::ES, seg::FS, seg::GS] {
+                self.load_segment(k, sels[k], bus)
+                    .map_err(|f| Fault { vector: 10, ..f })?;
+            }
+            self.new_shadow = false;
+        }
+        if let Some(e) = error {
+            let size = 4;
+            self.push(size, u64::from(e), bus)?;
+        }
+        Ok(())
+    }
+
+    fn load_task_ldt(&mut self, sel: u16, bus: &mut dyn Bus) -> R<()> {
+        if sel & !3 == 0 {
+            self.state.ldt = Segment {
+                selector: sel,
+                unusable: true,
+                ..Segment::default()
+            };
+            return Ok(());
+        }
+        let (_, raw) = self
+            .descriptor(sel & !4, bus)
+            .map_err(|_| Fault::ts(u32::from(sel & !3)))?;
+        let d = parse_descriptor(sel, raw);
+        if d.s || d.type_ != 2 || !d.present {
+            return Err(Fault::ts(u32::from(sel & !3)));
+        }
+        self.state.ldt = d;
         Ok(())
     }
 

@@ -349,3 +349,104 @@ fn mul_and_div_write_their_register_pairs() {
         "DIV r/m8 writes AL (quotient) and AH (remainder)"
     );
 }
+
+/// CALL to a TSS switches tasks (registers saved and loaded, back link, busy bits, NT, CR0.TS);
+/// IRET with NT returns to the calling task.
+#[test]
+fn task_switch_by_call_and_back_by_iret() {
+    let mut ram = Ram(vec![0; 0x20000]);
+    let tss =
+        |base: u64| 0x0000_8900_0000_0067u64 | ((base & 0xff_ffff) << 16) | ((base >> 24) << 56);
+    let gdt: [u64; 5] = [
+        0,
+        0x00cf_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        tss(0x5000) | (2 << 40),
+        tss(0x5100),
+    ];
+    for (k, d) in gdt.iter().enumerate() {
+        ram.0[0x500 + k * 8..0x508 + k * 8].copy_from_slice(&d.to_le_bytes());
+    }
+    // Task B's TSS: EIP 0x3000, EFLAGS 2, EAX 0x77, ESP 0x9000, CS 0x08, data 0x10.
+    let b = 0x5100;
+    let put = |ram: &mut Ram, a: usize, v: u32| ram.0[a..a + 4].copy_from_slice(&v.to_le_bytes());
+    put(&mut ram, b + 0x20, 0x3000);
+    put(&mut ram, b + 0x24, 2);
+    put(&mut ram, b + 0x28, 0x77);
+    put(&mut ram, b + 0x38, 0x9000);
+    for (k, sel) in [0x10u32, 0x08, 0x10, 0x10, 0x10, 0x10].iter().enumerate() {
+        put(&mut ram, b + 0x48 + k * 4, *sel);
+    }
+    // Task A at 0x1000: mov eax, 0x1234; call 0x20:0; hlt
+    let a_code = [
+        0xb8, 0x34, 0x12, 0x00, 0x00, 0x9a, 0, 0, 0, 0, 0x20, 0x00, 0xf4,
+    ];
+    ram.0[0x1000..0x1000 + a_code.len()].copy_from_slice(&a_code);
+    // Task B at 0x3000: mov [0x7000], eax; iretd
+    let b_code = [0xa3, 0x00, 0x70, 0x00, 0x00, 0xcf];
+    ram.0[0x3000..0x3000 + b_code.len()].copy_from_slice(&b_code);
+    let mut cpu = Cpu::new(true);
+    let flat = |sel: u16, code: bool| hv::Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: sel,
+        type_: if code { 0xb } else { 0x3 },
+        present: true,
+        dpl: 0,
+        db: true,
+        s: true,
+        l: false,
+        g: true,
+        avl: false,
+        unusable: false,
+    };
+    let s = &mut cpu.state;
+    s.cr0 |= 1;
+    s.gdt = hv::TableRegister {
+        base: 0x500,
+        limit: 5 * 8 - 1,
+    };
+    s.tr = hv::Segment {
+        base: 0x5000,
+        limit: 0x67,
+        selector: 0x18,
+        type_: 0xb,
+        present: true,
+        ..Default::default()
+    };
+    s.seg = [
+        flat(0x10, false),
+        flat(0x08, true),
+        flat(0x10, false),
+        flat(0x10, false),
+        flat(0x10, false),
+        flat(0x10, false),
+    ];
+    s.rip = 0x1000;
+    s.gpr[4] = 0x8000;
+    for _ in 0..4 {
+        assert_eq!(cpu.step(&mut ram), Step::Executed);
+    }
+    assert_eq!(
+        u32::from_le_bytes(ram.0[0x7000..0x7004].try_into().unwrap()),
+        0x77,
+        "task B ran with its EAX"
+    );
+    assert_eq!(cpu.state.tr.selector, 0x18, "back in task A");
+    assert_eq!(cpu.state.rip, 0x100c, "after the CALL");
+    assert_eq!(
+        cpu.state.gpr[0], 0x1234,
+        "task A's EAX restored from its TSS"
+    );
+    assert_eq!(cpu.state.gpr[4], 0x8000, "task A's ESP restored");
+    assert_eq!(cpu.state.rflags & (1 << 14), 0, "NT clear in task A");
+    assert_ne!(cpu.state.cr0 & 8, 0, "CR0.TS set by the switch");
+    assert_eq!(
+        u16::from_le_bytes([ram.0[0x5100], ram.0[0x5101]]),
+        0x18,
+        "B's back link names A"
+    );
+    assert_eq!(ram.0[0x500 + 4 * 8 + 5] & 2, 0, "B no longer busy");
+    assert_ne!(ram.0[0x500 + 3 * 8 + 5] & 2, 0, "A still busy");
+    assert_eq!(cpu.step(&mut ram), Step::Halted);
+}

@@ -72,6 +72,27 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// A flat 4 GiB segment as protected and long mode use: read/write data, or execute/read
+    /// code (`long` makes it a 64-bit code segment), at privilege `dpl` with that RPL.
+    pub fn flat(selector: u16, code: bool, long: bool, dpl: u8) -> Self {
+        Self {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: selector | u16::from(dpl & 3),
+            type_: if code { 0xb } else { 0x3 },
+            present: true,
+            dpl: dpl & 3,
+            db: !long,
+            s: true,
+            l: long,
+            g: true,
+            avl: false,
+            unusable: false,
+        }
+    }
+}
+
 /// GDTR or IDTR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TableRegister {

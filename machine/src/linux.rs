@@ -209,20 +209,7 @@ pub fn load(
 /// The processor state the 32-bit boot protocol requires: flat protected mode, paging off,
 /// interrupts disabled, ESI pointing at the zero page.
 pub fn entry_state(mut s: VpState, kernel: &LoadedKernel) -> VpState {
-    let flat = |selector: u16, code: bool| Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: true,
-        dpl: 0,
-        db: true,
-        s: true,
-        l: false,
-        g: true,
-        avl: false,
-        unusable: false,
-    };
+    let flat = |selector: u16, code: bool| Segment::flat(selector, code, false, 0);
     s.regs = hv::Registers {
         rip: kernel.entry,
         rsi: ZERO_PAGE,

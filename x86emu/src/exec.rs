@@ -1612,20 +1612,7 @@ impl Cpu {
     fn fast_system_call(&mut self, i: &Instruction, next: u64, bus: &mut dyn Bus) -> R<()> {
         let _ = bus;
         let s = &mut self.state;
-        let flat = |sel: u16, code: bool, l: bool, dpl: u8| hv::Segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: sel,
-            type_: if code { 0xb } else { 0x3 },
-            present: true,
-            dpl,
-            db: !l,
-            s: true,
-            l,
-            g: true,
-            avl: false,
-            unusable: false,
-        };
+        let flat = hv::Segment::flat;
         match i.mnemonic() {
             M::Syscall => {
                 if s.efer & efer::SCE == 0 || !s.long_mode() {

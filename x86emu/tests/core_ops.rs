@@ -152,20 +152,7 @@ fn call_gate_raises_privilege_and_returns() {
     let ring0 = [0x8b, 0x44, 0x24, 0x08, 0x8c, 0xcb, 0xca, 0x04, 0x00];
     ram.0[0x3000..0x3000 + ring0.len()].copy_from_slice(&ring0);
     let mut cpu = Cpu::new(true);
-    let seg = |sel: u16, code: bool| hv::Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: sel,
-        type_: if code { 0xb } else { 0x3 },
-        present: true,
-        dpl: 3,
-        db: true,
-        s: true,
-        l: false,
-        g: true,
-        avl: false,
-        unusable: false,
-    };
+    let seg = |sel: u16, code: bool| hv::Segment::flat(sel, code, false, 3);
     let s = &mut cpu.state;
     s.cr0 |= 1;
     s.gdt = hv::TableRegister {
@@ -257,20 +244,7 @@ fn virtual_8086_mode_entry_and_exit() {
     // #GP handler at 0x3000: hlt
     ram.0[0x3000] = 0xf4;
     let mut cpu = Cpu::new(true);
-    let flat = |sel: u16, code: bool| hv::Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: sel,
-        type_: if code { 0xb } else { 0x3 },
-        present: true,
-        dpl: 0,
-        db: true,
-        s: true,
-        l: false,
-        g: true,
-        avl: false,
-        unusable: false,
-    };
+    let flat = |sel: u16, code: bool| hv::Segment::flat(sel, code, false, 0);
     let s = &mut cpu.state;
     s.cr0 |= 1;
     s.gdt = hv::TableRegister {
@@ -386,20 +360,7 @@ fn task_switch_by_call_and_back_by_iret() {
     let b_code = [0xa3, 0x00, 0x70, 0x00, 0x00, 0xcf];
     ram.0[0x3000..0x3000 + b_code.len()].copy_from_slice(&b_code);
     let mut cpu = Cpu::new(true);
-    let flat = |sel: u16, code: bool| hv::Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: sel,
-        type_: if code { 0xb } else { 0x3 },
-        present: true,
-        dpl: 0,
-        db: true,
-        s: true,
-        l: false,
-        g: true,
-        avl: false,
-        unusable: false,
-    };
+    let flat = |sel: u16, code: bool| hv::Segment::flat(sel, code, false, 0);
     let s = &mut cpu.state;
     s.cr0 |= 1;
     s.gdt = hv::TableRegister {

@@ -116,20 +116,7 @@ fn tables(ram: &mut [u8]) {
 }
 
 fn flat(selector: u16, code: bool, long: bool) -> hv::Segment {
-    hv::Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: true,
-        dpl: 0,
-        db: !long,
-        s: true,
-        l: long,
-        g: true,
-        avl: false,
-        unusable: false,
-    }
+    hv::Segment::flat(selector, code, long, 0)
 }
 
 fn run(mode: u32, seed: u64, programs: u32, steps: u32) {

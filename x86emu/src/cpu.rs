@@ -146,8 +146,6 @@ pub struct Cpu {
     pub(crate) insn_start: u64,
     /// Shadow flag set by the current instruction (STI, MOV SS).
     pub(crate) new_shadow: bool,
-    /// Physical pages written by the current instruction (for decoded-code caches).
-    pub(crate) written: Vec<u64>,
     /// Opcodes already reported as unimplemented.
     unimplemented: std::collections::HashSet<iced_x86::Code>,
     /// Local APIC ID reported by CPUID.
@@ -179,7 +177,6 @@ impl Cpu {
             state: CpuState::power_on(bsp),
             insn_start: 0,
             new_shadow: false,
-            written: Vec::new(),
             unimplemented: Default::default(),
             apic_id: 0,
             cpu_count: 1,
@@ -201,12 +198,6 @@ impl Cpu {
     pub fn flush_caches(&mut self) {
         self.tlb.flush();
         self.dcache.sync(u64::MAX);
-    }
-
-    pub(crate) fn note_write(&mut self, phys: u64, len: usize) {
-        if len > 0 {
-            self.written.push(phys);
-        }
     }
 
     /// True when an external interrupt can be taken now.
@@ -264,7 +255,6 @@ impl Cpu {
         }
         self.insn_start = self.state.rip;
         self.new_shadow = false;
-        self.written.clear();
         let shadow_before = self.state.interrupt_shadow;
         let mut insn = Instruction::default();
         let result = self

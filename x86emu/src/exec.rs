@@ -117,7 +117,6 @@ impl Cpu {
         let user = self.state.cpl() == 3;
         let phys = self.translate(lin, crate::mmu::Access::Write, user, bus)?;
         if bus.compare_exchange(phys, size, old, new) {
-            self.note_write(phys, size);
             Ok(())
         } else {
             Err(Fault {
@@ -457,13 +456,7 @@ impl Cpu {
                     self.push(size, frame, bus)?;
                 }
                 self.set_reg(bp_reg, frame);
-                let mask = if self.state.stack_size() == 16 {
-                    0xffff
-                } else if self.state.stack_size() == 32 {
-                    0xffff_ffff
-                } else {
-                    u64::MAX
-                };
+                let mask = self.stack_mask();
                 let sp = self.state.gpr[4];
                 self.state.gpr[4] = (sp & !mask) | (sp.wrapping_sub(alloc) & mask);
             }
@@ -474,13 +467,7 @@ impl Cpu {
                     iced_x86::Code::Leaved => 4,
                     _ => 8,
                 };
-                let mask = if self.state.stack_size() == 16 {
-                    0xffff
-                } else if self.state.stack_size() == 32 {
-                    0xffff_ffff
-                } else {
-                    u64::MAX
-                };
+                let mask = self.stack_mask();
                 let bp = self.state.gpr[5];
                 self.state.gpr[4] = (self.state.gpr[4] & !mask) | (bp & mask);
                 let v = self.pop(size, bus)?;
@@ -898,13 +885,7 @@ impl Cpu {
                 let imm = if i.op_count() > 0 { i.immediate(0) } else { 0 };
                 let size = (i.stack_pointer_increment() as u64 - imm) as usize;
                 let target = self.pop(size, bus)?;
-                let mask = if self.state.stack_size() == 16 {
-                    0xffff
-                } else if self.state.stack_size() == 32 {
-                    0xffff_ffff
-                } else {
-                    u64::MAX
-                };
+                let mask = self.stack_mask();
                 let sp = self.state.gpr[4];
                 self.state.gpr[4] = (sp & !mask) | (sp.wrapping_add(imm) & mask);
                 new_rip = target;

@@ -154,7 +154,8 @@ impl Cpu {
         self.state.seg[seg::CS] = d;
     }
 
-    fn stack_mask(&self) -> u64 {
+    /// Mask of the stack pointer's width (SS.B or 64-bit mode).
+    pub(crate) fn stack_mask(&self) -> u64 {
         match self.state.stack_size() {
             16 => 0xffff,
             32 => 0xffff_ffff,

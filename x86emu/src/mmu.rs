@@ -260,14 +260,11 @@ impl Cpu {
         let p1 = self.translate(lin, Access::Write, user, bus)?;
         if first_len == buf.len() {
             bus.write(p1, buf);
-            self.note_write(p1, buf.len());
             return Ok(());
         }
         let p2 = self.translate(lin.wrapping_add(first_len as u64), Access::Write, user, bus)?;
         bus.write(p1, &buf[..first_len]);
         bus.write(p2, &buf[first_len..]);
-        self.note_write(p1, first_len);
-        self.note_write(p2, buf.len() - first_len);
         Ok(())
     }
 

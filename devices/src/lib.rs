@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod debugcon;
 pub mod dma;
+pub mod dma_memory;
 pub mod fw_cfg;
 pub mod i440fx;
 pub mod ioapic;
@@ -74,6 +76,19 @@ pub trait PciFunction {
     fn config_read(&mut self, offset: u8, data: &mut [u8]);
     /// Writes `data` at `offset`, honouring read-only bits.
     fn config_write(&mut self, offset: u8, data: &[u8]);
+    /// The configuration space, so that the PCI root can decode this function's BARs.
+    /// Functions without BARs keep the default.
+    fn config_space(&self) -> Option<&pci::ConfigSpace> {
+        None
+    }
+    /// Reads `data.len()` bytes at `offset` inside BAR `bar` (0–5; 6 is the expansion ROM).
+    /// Only called while the BAR is enabled and the access lies inside it.
+    fn bar_read(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
+        data.fill(0xFF);
+    }
+    /// Writes `data` at `offset` inside BAR `bar` (0–5). Only called while the BAR is
+    /// enabled and the access lies inside it.
+    fn bar_write(&mut self, _bar: u8, _offset: u64, _data: &[u8]) {}
 }
 
 /// Devices with timed behaviour (timers). The machine calls `poll` at or after the deadline the

@@ -14,6 +14,8 @@
 #   vmlinuz                                     Debian 6.1 bzImage (linux-image-6.1.*-amd64)
 #   initramfs.cpio.gz                           busybox-static; /init prints TERRARIUM-BOOT-OK, powers off
 #   linux.iso                                   isolinux El Torito CD with vmlinuz + initramfs
+#   linux-hdd.img                               32 MiB MBR disk: FAT16 partition, syslinux, same Linux
+#   memtest-floppy.img                          1.44 MB FAT12 floppy: syslinux + memtest86+ (serial)
 #   memtest86+x64.bin memtest86+x64.efi ...     memtest86+
 #   manifest.txt                                file, source package(s) and version(s), sha256
 #
@@ -87,6 +89,13 @@ ensure_tool() {
 }
 
 # --- the /init of the test initramfs ---------------------------------------------------------
+# Without options /init prints the marker and powers off. `terrarium.test=MODE` on the kernel
+# command line adds a storage check before the marker, printed as lines the tests read:
+#   disks   every IDE disk (sd*): "DISK-READ <dev> <md5 of its first MiB>", then writes
+#           PATTERN_BYTES of "TERRARIUM-PATTERN\n" repeated at 1 MiB, drops the caches, reads it
+#           back: "DISK-WROTE <dev> <md5>"; the floppy fd0: "FLOPPY-READ fd0 <md5 of the disk>"
+#   cdrom   mounts the CD (sr0): "CDROM-FILES <names under /boot>"
+PATTERN_BYTES=4194304
 write_init() {
     cat >"$1" <<EOF
 #!/bin/sh
@@ -95,24 +104,68 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo $MARKER > /dev/console
-# /dev/console is the last console= device. Tell the first serial port too, unless it is that
-# device already (flag C in /proc/consoles), so the marker appears there exactly once.
-if [ -c /dev/ttyS0 ] && ! grep -q '^ttyS0 .*(.C' /proc/consoles 2>/dev/null; then
-    echo $MARKER > /dev/ttyS0 2>/dev/null
-fi
+# say TEXT: to the console, and to the first serial port unless that is the console already
+# (flag C in /proc/consoles), so each line appears there exactly once.
+say() {
+    echo "\$*" > /dev/console
+    if [ -c /dev/ttyS0 ] && ! grep -q '^ttyS0 .*(.C' /proc/consoles 2>/dev/null; then
+        echo "\$*" > /dev/ttyS0 2>/dev/null
+    fi
+}
+load_modules() {
+    for m in \$(cat /lib/modules/order); do insmod /lib/modules/\$m.ko 2>/dev/null; done
+}
+# wait_for PATH...: up to 10 s for the first of them to appear.
+wait_for() {
+    i=0
+    while [ \$i -lt 100 ]; do
+        for p in "\$@"; do [ -e "\$p" ] && return 0; done
+        sleep 0.1; i=\$((i + 1))
+    done
+    return 1
+}
+TEST=
+for arg in \$(cat /proc/cmdline); do
+    case "\$arg" in terrarium.test=*) TEST=\${arg#terrarium.test=} ;; esac
+done
+case "\$TEST" in
+disks)
+    load_modules
+    wait_for /sys/block/sda
+    sleep 1
+    for d in /sys/block/sd*; do
+        [ -e "\$d" ] || continue
+        n=\${d##*/}
+        say "DISK-READ \$n \$(dd if=/dev/\$n bs=64k count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+        yes TERRARIUM-PATTERN | head -c $PATTERN_BYTES | dd of=/dev/\$n bs=64k seek=16 conv=fsync 2>/dev/null
+        echo 3 > /proc/sys/vm/drop_caches
+        say "DISK-WROTE \$n \$(dd if=/dev/\$n bs=64k skip=16 count=$((PATTERN_BYTES / 65536)) 2>/dev/null | md5sum | cut -d' ' -f1)"
+    done
+    if wait_for /dev/fd0; then
+        say "FLOPPY-READ fd0 \$(dd if=/dev/fd0 bs=18432 count=80 2>/dev/null | md5sum | cut -d' ' -f1)"
+    fi
+    ;;
+cdrom)
+    load_modules
+    wait_for /dev/sr0
+    mount -t iso9660 -o ro /dev/sr0 /mnt && say "CDROM-FILES \$(ls /mnt/boot | tr '\n' ' ')"
+    ;;
+esac
+say $MARKER
 poweroff -f
 while true; do sleep 1000; done
 EOF
 }
 
 # --- a deterministic newc cpio (with device nodes, no root needed), gzip'd ---------------------
-# usage: mkcpio OUT BUSYBOX INIT APPLETS  (APPLETS: a file with busybox's applet names, one a line)
+# usage: mkcpio OUT BUSYBOX INIT APPLETS [MODULES]  (APPLETS: a file with busybox's applet names,
+# one a line; MODULES: a folder whose files go to /lib/modules)
 mkcpio() {
     python3 - "$@" <<'PY'
 import gzip, io, os, sys
 
 out, busybox, init, applet_list = sys.argv[1:5]
+modules = sys.argv[5] if len(sys.argv) > 5 else None
 with open(applet_list) as f:
     applets = sorted({a.strip() for a in f if a.strip() and "/" not in a})
 MTIME = int(os.environ["EPOCH"])
@@ -128,6 +181,12 @@ for a in applets:
         entries.append(("bin/" + a, 0o120777, b"busybox", 0, 0))
 with open(init, "rb") as f:
     entries.append(("init", 0o100755, f.read(), 0, 0))
+if modules:
+    entries.append(("lib", 0o040755, b"", 0, 0))
+    entries.append(("lib/modules", 0o040755, b"", 0, 0))
+    for name in sorted(os.listdir(modules)):
+        with open(os.path.join(modules, name), "rb") as f:
+            entries.append(("lib/modules/" + name, 0o100644, f.read(), 0, 0))
 
 buf = io.BytesIO()
 def pad4():
@@ -161,7 +220,15 @@ fetch_pkg busybox-static
 fetch_pkg isolinux
 fetch_pkg syslinux-common ./usr/lib/syslinux/modules/bios
 fetch_pkg memtest86+
-fetch_pkg "$KPKG" ./boot   # the image only: the modules are not needed and are ~400 MB unpacked
+fetch_pkg "$KPKG" ./boot   # the image; of the ~400 MB of modules only the storage ones below
+# Storage drivers for the initramfs's terrarium.test modes, in load order (each after what it needs).
+MODULES=(scsi_common scsi_mod libata ata_piix crc64 crc64_rocksoft_generic crc64-rocksoft
+    crct10dif_common crct10dif_generic crc-t10dif t10-pi sd_mod cdrom sr_mod isofs floppy)
+KMODS="$PKGS/$KPKG-storage-modules"
+# (tar's wildcards match "/" too, so ./lib/modules/*/NAME.ko finds NAME.ko at any depth.)
+KMOD_MEMBERS=()
+for m in "${MODULES[@]}"; do KMOD_MEMBERS+=("./lib/modules/*/$m.ko"); done
+deb_fetch "$KPKG" "$KMODS" "$KMODS/.terrarium-pkg" --wildcards "${KMOD_MEMBERS[@]}"
 
 # --- SeaBIOS ----------------------------------------------------------------------------------
 SB="$PKGS/seabios/usr/share/seabios"
@@ -192,7 +259,7 @@ done
 
 # --- initramfs --------------------------------------------------------------------------------
 BUSYBOX="$PKGS/busybox-static/bin/busybox"
-if needs_build "$ASSETS/initramfs.cpio.gz" "$BUSYBOX" "$SELF"; then
+if needs_build "$ASSETS/initramfs.cpio.gz" "$BUSYBOX" "$KMODS/.terrarium-pkg" "$SELF"; then
     log "building initramfs.cpio.gz"
     tmp=$(mktemp -d "$ASSETS/.initramfs.XXXXXX")
     CLEANUP+=("$tmp")
@@ -201,7 +268,17 @@ if needs_build "$ASSETS/initramfs.cpio.gz" "$BUSYBOX" "$SELF"; then
     for a in sh mount echo poweroff sleep cat dd; do
         grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
     done
-    mkcpio "$tmp/initramfs.cpio.gz" "$BUSYBOX" "$tmp/init" "$tmp/applets"
+    for a in insmod md5sum yes head cut tr ls grep; do
+        grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
+    done
+    mkdir "$tmp/modules"
+    for m in "${MODULES[@]}"; do
+        ko=$(find "$KMODS/lib/modules" -name "$m.ko" | head -n 1)
+        [ -n "$ko" ] || die "$KPKG has no $m.ko"
+        cp "$ko" "$tmp/modules/"
+    done
+    printf '%s\n' "${MODULES[@]}" >"$tmp/modules/order"
+    mkcpio "$tmp/initramfs.cpio.gz" "$BUSYBOX" "$tmp/init" "$tmp/applets" "$tmp/modules"
     mv -f "$tmp/initramfs.cpio.gz" "$ASSETS/initramfs.cpio.gz"
     rm -rf "$tmp"
 fi
@@ -230,7 +307,7 @@ default linux
 
 label linux
   kernel /boot/vmlinuz
-  append initrd=/boot/initrd.gz console=ttyS0 console=tty0
+  append initrd=/boot/initrd.gz console=ttyS0 console=tty0 terrarium.test=cdrom
 EOF
     find "$tmp/root" -exec touch -h -d "@$EPOCH" {} +
     out=$(SOURCE_DATE_EPOCH=$EPOCH xorriso -as mkisofs -quiet -o "$tmp/linux.iso" \
@@ -240,6 +317,78 @@ EOF
         -no-emul-boot -boot-load-size 4 -boot-info-table \
         "$tmp/root" 2>&1) || die "xorriso failed:"$'\n'"$out"
     mv -f "$tmp/linux.iso" "$ASSETS/linux.iso"
+    rm -rf "$tmp"
+fi
+
+# --- syslinux hard disk and floppy ------------------------------------------------------------
+# Built without root: a FAT file system made with mkfs.fat, filled with mtools, syslinux installed
+# by its mtools-based installer; the disk gets syslinux's MBR and an sfdisk partition table.
+MBR_BIN=/usr/lib/SYSLINUX/mbr.bin
+HDD_MIB=32
+PART_START=2048   # sectors: the partition begins at 1 MiB
+if needs_build "$ASSETS/linux-hdd.img" "$ASSETS/vmlinuz" "$ASSETS/initramfs.cpio.gz" "$LDLINUX" \
+    "$SELF"; then
+    ensure_tool syslinux syslinux
+    ensure_tool mcopy mtools
+    ensure_tool mkfs.fat dosfstools
+    ensure_tool sfdisk fdisk
+    [ -f "$MBR_BIN" ] || die "syslinux installed no $MBR_BIN"
+    log "building linux-hdd.img"
+    tmp=$(mktemp -d "$ASSETS/.hdd.XXXXXX")
+    CLEANUP+=("$tmp")
+    part_sectors=$((HDD_MIB * 2048 - PART_START))
+    mkfs.fat -F 16 -n TERRARIUM -i 7e5a1100 -h "$PART_START" -C "$tmp/part.img" \
+        $((part_sectors / 2)) >/dev/null || die "mkfs.fat failed"
+    cat >"$tmp/syslinux.cfg" <<'EOF'
+serial 0 115200
+say Terrarium test disk: boots Linux in 1 s
+prompt 1
+timeout 10
+default linux
+
+label linux
+  kernel /vmlinuz
+  append initrd=/initrd.gz console=ttyS0
+EOF
+    export MTOOLS_SKIP_CHECK=1
+    mcopy -i "$tmp/part.img" "$ASSETS/vmlinuz" ::/vmlinuz
+    mcopy -i "$tmp/part.img" "$ASSETS/initramfs.cpio.gz" ::/initrd.gz
+    mcopy -i "$tmp/part.img" "$LDLINUX" "$tmp/syslinux.cfg" ::/
+    syslinux --install "$tmp/part.img" || die "syslinux --install failed"
+    truncate -s $((HDD_MIB * 1024 * 1024)) "$tmp/disk.img"
+    echo "label: dos
+label-id: 0x7e5a1100
+start=$PART_START, type=6, bootable" | sfdisk -q "$tmp/disk.img" || die "sfdisk failed"
+    dd if="$MBR_BIN" of="$tmp/disk.img" bs=440 count=1 conv=notrunc status=none
+    dd if="$tmp/part.img" of="$tmp/disk.img" bs=512 seek="$PART_START" conv=notrunc status=none
+    mv -f "$tmp/disk.img" "$ASSETS/linux-hdd.img"
+    rm -rf "$tmp"
+fi
+
+MEMTEST_BIN="$ASSETS/memtest86+x64.bin"
+if needs_build "$ASSETS/memtest-floppy.img" "$MEMTEST_BIN" "$LDLINUX" "$SELF"; then
+    ensure_tool syslinux syslinux
+    ensure_tool mcopy mtools
+    ensure_tool mkfs.fat dosfstools
+    log "building memtest-floppy.img"
+    tmp=$(mktemp -d "$ASSETS/.floppy.XXXXXX")
+    CLEANUP+=("$tmp")
+    mkfs.fat -F 12 -n MEMTEST -i 7e5a1200 -C "$tmp/floppy.img" 1440 >/dev/null ||
+        die "mkfs.fat failed"
+    cat >"$tmp/syslinux.cfg" <<'EOF'
+serial 0 115200
+default memtest
+timeout 1
+
+label memtest
+  linux /memtest.bin
+  append console=ttyS0,115200
+EOF
+    export MTOOLS_SKIP_CHECK=1
+    mcopy -i "$tmp/floppy.img" "$MEMTEST_BIN" ::/memtest.bin
+    mcopy -i "$tmp/floppy.img" "$LDLINUX" "$tmp/syslinux.cfg" ::/
+    syslinux --install "$tmp/floppy.img" || die "syslinux --install failed"
+    mv -f "$tmp/floppy.img" "$ASSETS/memtest-floppy.img"
     rm -rf "$tmp"
 fi
 
@@ -263,6 +412,8 @@ MEMTEST_ID=$(pkg_id memtest86+)
     entry initramfs.cpio.gz "$BUSYBOX_ID"
     entry linux.iso "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id isolinux)" "$(pkg_id syslinux-common)"
     for f in "${MEMTEST[@]}"; do entry "$f" "$MEMTEST_ID"; done
+    entry linux-hdd.img "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id syslinux-common)"
+    entry memtest-floppy.img "$MEMTEST_ID" "$(pkg_id syslinux-common)"
 } >"$ASSETS/manifest.txt.tmp"
 CLEANUP+=("$ASSETS/manifest.txt.tmp")
 if cmp -s "$ASSETS/manifest.txt.tmp" "$ASSETS/manifest.txt" 2>/dev/null; then

@@ -91,10 +91,12 @@ ensure_tool() {
 # --- the /init of the test initramfs ---------------------------------------------------------
 # Without options /init prints the marker and powers off. `terrarium.test=MODE` on the kernel
 # command line adds a storage check before the marker, printed as lines the tests read:
-#   disks   every IDE disk (sd*): "DISK-READ <dev> <md5 of its first MiB>", then writes
+#   disks   every IDE disk (sd*): "DISK-READ <h:c:t:l> <md5 of its first MiB>", then writes
 #           PATTERN_BYTES of "TERRARIUM-PATTERN\n" repeated at 1 MiB, drops the caches, reads it
-#           back: "DISK-WROTE <dev> <md5>"; the floppy fd0: "FLOPPY-READ fd0 <md5 of the disk>"
+#           back: "DISK-WROTE <h:c:t:l> <md5>" (the disk's SCSI address: IDE channel = host,
+#           master/slave = target); the floppy fd0: "FLOPPY-READ fd0 <md5 of the disk>"
 #   cdrom   mounts the CD (sr0): "CDROM-FILES <names under /boot>"
+#   readbench  reads all of sda sequentially between "READBENCH-START" and "READBENCH-END"
 PATTERN_BYTES=4194304
 write_init() {
     cat >"$1" <<EOF
@@ -136,14 +138,24 @@ disks)
     for d in /sys/block/sd*; do
         [ -e "\$d" ] || continue
         n=\${d##*/}
-        say "DISK-READ \$n \$(dd if=/dev/\$n bs=64k count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+        # Name the disk by its SCSI address (host:channel:target:lun; libata makes each IDE
+        # channel a host and master/slave targets 0/1): sdX names follow asynchronous probing.
+        a=\$(basename "\$(readlink \$d/device)")
+        say "DISK-READ \$a \$(dd if=/dev/\$n bs=64k count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
         yes TERRARIUM-PATTERN | head -c $PATTERN_BYTES | dd of=/dev/\$n bs=64k seek=16 conv=fsync 2>/dev/null
         echo 3 > /proc/sys/vm/drop_caches
-        say "DISK-WROTE \$n \$(dd if=/dev/\$n bs=64k skip=16 count=$((PATTERN_BYTES / 65536)) 2>/dev/null | md5sum | cut -d' ' -f1)"
+        say "DISK-WROTE \$a \$(dd if=/dev/\$n bs=64k skip=16 count=$((PATTERN_BYTES / 65536)) 2>/dev/null | md5sum | cut -d' ' -f1)"
     done
     if wait_for /dev/fd0; then
         say "FLOPPY-READ fd0 \$(dd if=/dev/fd0 bs=18432 count=80 2>/dev/null | md5sum | cut -d' ' -f1)"
     fi
+    ;;
+readbench)
+    load_modules
+    wait_for /sys/block/sda
+    say READBENCH-START
+    dd if=/dev/sda of=/dev/null bs=1M 2>/dev/null
+    say READBENCH-END
     ;;
 cdrom)
     load_modules
@@ -214,6 +226,8 @@ flock 9
 START=$(date +%s.%N)
 
 # --- packages ---------------------------------------------------------------------------------
+# Tools the tests use beside the assets: qemu-img checks and compares the disk images.
+ensure_tool qemu-img qemu-utils
 KPKG=$(kernel_pkg)
 fetch_pkg seabios
 fetch_pkg busybox-static
@@ -268,7 +282,7 @@ if needs_build "$ASSETS/initramfs.cpio.gz" "$BUSYBOX" "$KMODS/.terrarium-pkg" "$
     for a in sh mount echo poweroff sleep cat dd; do
         grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
     done
-    for a in insmod md5sum yes head cut tr ls grep; do
+    for a in insmod md5sum yes head cut tr ls grep readlink basename; do
         grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
     done
     mkdir "$tmp/modules"
@@ -307,7 +321,7 @@ default linux
 
 label linux
   kernel /boot/vmlinuz
-  append initrd=/boot/initrd.gz console=ttyS0 console=tty0 terrarium.test=cdrom
+  append initrd=/boot/initrd.gz console=ttyS0 console=tty0 cryptomgr.notests terrarium.test=cdrom
 EOF
     find "$tmp/root" -exec touch -h -d "@$EPOCH" {} +
     out=$(SOURCE_DATE_EPOCH=$EPOCH xorriso -as mkisofs -quiet -o "$tmp/linux.iso" \
@@ -348,7 +362,7 @@ default linux
 
 label linux
   kernel /vmlinuz
-  append initrd=/initrd.gz console=ttyS0
+  append initrd=/initrd.gz console=ttyS0 cryptomgr.notests
 EOF
     export MTOOLS_SKIP_CHECK=1
     mcopy -i "$tmp/part.img" "$ASSETS/vmlinuz" ::/vmlinuz

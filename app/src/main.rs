@@ -1,6 +1,7 @@
 //! `terrarium`: the desktop app (no arguments) and the command line (`terrarium run ...`).
 #![forbid(unsafe_code)]
 
+mod disk_cmd;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -13,10 +14,14 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once at start-up, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one VM headless until it powers off.
     Run(run::RunArgs),
+    /// Create, inspect and convert disk images.
+    Disk(disk_cmd::DiskArgs),
 }
 
 fn main() {
@@ -29,6 +34,13 @@ fn main() {
         .init();
     let code = match cli.command {
         Some(Command::Run(args)) => match run::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("terrarium: {e:#}");
+                1
+            }
+        },
+        Some(Command::Disk(args)) => match disk_cmd::run(args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("terrarium: {e:#}");

@@ -116,16 +116,13 @@ impl Output {
 
 fn unsupported(flag: &str, set: bool) -> Result<()> {
     if set {
-        bail!("{flag} is not supported by this build yet (no storage or display devices)");
+        bail!("{flag} is not supported by this build yet (no display device)");
     }
     Ok(())
 }
 
 /// Runs the VM; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<i32> {
-    unsupported("--cdrom", args.cdrom.is_some())?;
-    unsupported("--disk", !args.disk.is_empty())?;
-    unsupported("--floppy", args.floppy.is_some())?;
     unsupported("--screenshot", args.screenshot.is_some())?;
     if let Some(t) = args.timeout {
         if !(t > 0.0 && t.is_finite()) {
@@ -164,6 +161,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         linux,
         boot_order,
         irqchip,
+        disks: args.disk,
+        cdrom: args.cdrom,
+        floppy: args.floppy,
     };
     // Check the values before touching the hypervisor so the message is about them.
     if !(machine::MEMORY_RANGE_MIB.0..=machine::MEMORY_RANGE_MIB.1).contains(&config.memory_mib) {

@@ -195,6 +195,10 @@ impl Partition for EmuPartition {
         "emu"
     }
 
+    fn guest_memory_written(&self, address: u64, len: usize) {
+        self.inner.code.note_write(address, len);
+    }
+
     fn irqchip_mode(&self) -> IrqChipMode {
         IrqChipMode::Split
     }
@@ -523,8 +527,11 @@ macro_rules! host_atomic {
 host_atomic!(AtomicU8 => u8, AtomicU16 => u16, AtomicU32 => u32, AtomicU64 => u64);
 
 impl EmuVp {
-    /// Delivers whatever is pending and deliverable. Returns false on triple fault.
-    fn service(&mut self, io: &dyn CpuIo) -> bool {
+    /// Delivers whatever is pending and deliverable. Returns `None` on triple fault, else
+    /// whether an interrupt is still waiting for the processor to enable interrupts (then the
+    /// run loop must come back as soon as it does: `sti; hlt`-free wait loops open the window
+    /// for a single instruction).
+    fn service(&mut self, io: &dyn CpuIo) -> Option<bool> {
         let now = self.part.now_ns();
         let mut l = lock(&self.shared.lapic);
         l.poll_timer(now);
@@ -544,6 +551,9 @@ impl EmuVp {
             l.accept(v);
         }
         let pic = vector.is_none() && self.cpu.interrupts_enabled() && l.accepts_pic();
+        let masked = !self.cpu.interrupts_enabled()
+            && (l.deliverable().is_some()
+                || (l.accepts_pic() && io.pic_interrupt_pending(self.index)));
         drop(l);
         let mut step = Step::Executed;
         let mut bus = EmuBus::new(
@@ -565,7 +575,7 @@ impl EmuVp {
                 }
             }
         }
-        step != Step::TripleFault
+        (step != Step::TripleFault).then_some(masked)
     }
 
     /// True when something can wake a halted processor now.
@@ -633,9 +643,9 @@ impl VirtualProcessor for EmuVp {
                 return Ok(r);
             }
             self.shared.attention.store(false, Ordering::SeqCst);
-            if !self.service(io) {
+            let Some(waiting) = self.service(io) else {
                 return Ok(StopReason::TripleFault);
-            }
+            };
             if self.cpu.state.halted || self.cpu.state.wait_for_sipi {
                 if !self.wake_ready(io) {
                     self.sleep(io);
@@ -652,7 +662,9 @@ impl VirtualProcessor for EmuVp {
             for _ in 0..BATCH {
                 match self.cpu.step(&mut bus) {
                     Step::Executed => {
-                        if self.shared.attention.load(Ordering::Relaxed) {
+                        if self.shared.attention.load(Ordering::Relaxed)
+                            || (waiting && self.cpu.interrupts_enabled())
+                        {
                             break;
                         }
                     }

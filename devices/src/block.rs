@@ -71,7 +71,10 @@ impl BlockBackend for MemoryBlock {
     }
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only disk"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
         }
         let r = self.range(offset, buf.len())?;
         self.data[r].copy_from_slice(buf);

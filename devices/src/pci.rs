@@ -9,6 +9,7 @@
 use crate::bus::{lock, SharedDevice};
 use crate::{read_le, write_le, Device, PciFunction, PortIo};
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 /// Port ranges the PCI root answers: `(first port, count)` (0xCF9 is left out on purpose).
 pub const PCI_PORT_RANGES: [(u16, u16); 3] = [(0xCF8, 1), (0xCFA, 2), (0xCFC, 4)];
@@ -372,12 +373,121 @@ impl PciFunction for ConfigSpace {
     fn config_write(&mut self, offset: u8, data: &[u8]) {
         self.write(usize::from(offset), data);
     }
+    fn config_space(&self) -> Option<&ConfigSpace> {
+        Some(self)
+    }
+}
+
+/// One enabled BAR: where it decodes and whose it is.
+#[derive(Clone)]
+struct Window {
+    start: u64,
+    len: u64,
+    bar: u8,
+    function: SharedDevice,
+}
+
+#[derive(Default)]
+struct WindowTable {
+    io: Vec<Window>,
+    memory: Vec<Window>,
+}
+
+/// The address windows of every enabled BAR on bus 0, kept current by [`PciRoot`] as the guest
+/// programs BARs and command registers. The machine sends port and MMIO accesses that no fixed
+/// device claims here.
+#[derive(Clone, Default)]
+pub struct PciWindows(Arc<RwLock<WindowTable>>);
+
+impl std::fmt::Debug for PciWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let ranges = |w: &[Window]| w.iter().map(|w| (w.start, w.len)).collect::<Vec<_>>();
+        f.debug_struct("PciWindows")
+            .field("io", &ranges(&t.io))
+            .field("memory", &ranges(&t.memory))
+            .finish()
+    }
+}
+
+impl PciWindows {
+    fn find(&self, io: bool, address: u64, len: usize) -> Option<(SharedDevice, u8, u64)> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let list = if io { &t.io } else { &t.memory };
+        list.iter()
+            .find(|w| {
+                address >= w.start
+                    && address
+                        .checked_add(len as u64)
+                        .is_some_and(|end| end <= w.start + w.len)
+            })
+            .map(|w| (w.function.clone(), w.bar, address - w.start))
+    }
+
+    fn access(
+        &self,
+        io: bool,
+        address: u64,
+        len: usize,
+        f: impl FnOnce(&mut dyn PciFunction, u8, u64),
+    ) -> bool {
+        let Some((function, bar, offset)) = self.find(io, address, len) else {
+            return false;
+        };
+        let mut dev = lock(&function);
+        match dev.pci() {
+            Some(pci) => {
+                f(pci, bar, offset);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Serves a port read inside an enabled I/O BAR; false when none contains it.
+    pub fn io_read(&self, port: u16, data: &mut [u8]) -> bool {
+        self.access(true, u64::from(port), data.len(), |f, bar, off| {
+            f.bar_read(bar, off, data)
+        })
+    }
+
+    /// Serves a port write inside an enabled I/O BAR; false when none contains it.
+    pub fn io_write(&self, port: u16, data: &[u8]) -> bool {
+        self.access(true, u64::from(port), data.len(), |f, bar, off| {
+            f.bar_write(bar, off, data)
+        })
+    }
+
+    /// Serves a memory read inside an enabled memory BAR or expansion ROM; false when none
+    /// contains it.
+    pub fn mmio_read(&self, address: u64, data: &mut [u8]) -> bool {
+        self.access(false, address, data.len(), |f, bar, off| {
+            f.bar_read(bar, off, data)
+        })
+    }
+
+    /// Serves a memory write inside an enabled memory BAR; false when none contains it.
+    pub fn mmio_write(&self, address: u64, data: &[u8]) -> bool {
+        self.access(false, address, data.len(), |f, bar, off| {
+            f.bar_write(bar, off, data)
+        })
+    }
+}
+
+/// Whether a config write at `offset` of `len` bytes can move or enable a BAR.
+fn touches_decoding(offset: u8, len: usize) -> bool {
+    let (start, end) = (usize::from(offset), usize::from(offset) + len);
+    let hits = |a: usize, b: usize| start < b && a < end;
+    hits(reg::COMMAND, reg::COMMAND + 2)
+        || hits(reg::BAR0, reg::BAR0 + 24)
+        || hits(reg::ROM_BAR, reg::ROM_BAR + 4)
 }
 
 /// Configuration mechanism #1 for bus 0.
 pub struct PciRoot {
     address: u32,
     functions: BTreeMap<(u8, u8), SharedDevice>,
+    windows: PciWindows,
 }
 
 impl std::fmt::Debug for PciRoot {
@@ -401,7 +511,62 @@ impl PciRoot {
         Self {
             address: 0,
             functions: BTreeMap::new(),
+            windows: PciWindows::default(),
         }
+    }
+
+    /// The shared table of enabled BAR windows.
+    pub fn windows(&self) -> PciWindows {
+        self.windows.clone()
+    }
+
+    /// Recomputes the BAR windows from every function's configuration space. Windows at
+    /// address 0 are left out (a BAR the firmware has not placed yet), as are I/O windows
+    /// beyond the 64 KiB port space.
+    pub fn update_windows(&self) {
+        let mut table = WindowTable::default();
+        for f in self.functions.values() {
+            let mut dev = lock(f);
+            let Some(cs) = dev.pci().and_then(|p| p.config_space()) else {
+                continue;
+            };
+            let cmd = cs.command();
+            for i in 0..6 {
+                let (Some((kind, len)), Some(start)) = (cs.bar(i), cs.bar_address(i)) else {
+                    continue;
+                };
+                let window = Window {
+                    start,
+                    len,
+                    bar: i as u8,
+                    function: f.clone(),
+                };
+                match kind {
+                    BarKind::Io
+                        if cmd & command::IO != 0 && start != 0 && start + len <= 0x1_0000 =>
+                    {
+                        table.io.push(window)
+                    }
+                    BarKind::Memory32 { .. } | BarKind::Memory64 { .. }
+                        if cmd & command::MEMORY != 0 && start != 0 =>
+                    {
+                        table.memory.push(window)
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(start), Some(len)) = (cs.rom_address(), cs.rom_size()) {
+                if cmd & command::MEMORY != 0 && start != 0 {
+                    table.memory.push(Window {
+                        start,
+                        len,
+                        bar: 6,
+                        function: f.clone(),
+                    });
+                }
+            }
+        }
+        *self.windows.0.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 
     /// Places `function` at 00:`device`.`func` (device 0..32, function 0..8). Its
@@ -453,19 +618,25 @@ impl PciRoot {
         }
     }
 
-    /// Writes configuration space of 00:`device`.`func` (ignored when absent).
+    /// Writes configuration space of 00:`device`.`func` (ignored when absent). A write to
+    /// the command register, a BAR or the ROM BAR updates the BAR windows.
     pub fn config_write(&self, device: u8, func: u8, offset: u8, data: &[u8]) {
         let Some(f) = self.functions.get(&(device, func)) else {
             return;
         };
-        let mut dev = lock(f);
-        let Some(pci) = dev.pci() else { return };
-        if usize::from(offset) % data.len().max(1) == 0 {
-            pci.config_write(offset, data);
-        } else {
-            for (i, b) in data.iter().enumerate() {
-                pci.config_write(offset.wrapping_add(i as u8), std::slice::from_ref(b));
+        {
+            let mut dev = lock(f);
+            let Some(pci) = dev.pci() else { return };
+            if usize::from(offset) % data.len().max(1) == 0 {
+                pci.config_write(offset, data);
+            } else {
+                for (i, b) in data.iter().enumerate() {
+                    pci.config_write(offset.wrapping_add(i as u8), std::slice::from_ref(b));
+                }
             }
+        }
+        if touches_decoding(offset, data.len()) {
+            self.update_windows();
         }
     }
 
@@ -495,6 +666,8 @@ impl Device for PciRoot {
     }
     fn reset(&mut self) {
         self.address = 0;
+        // The functions reset their own configuration spaces; the windows follow once
+        // they have (the machine calls `update_windows` after a reset).
     }
 }
 
@@ -734,5 +907,82 @@ mod tests {
         r.io_write(0xCFD, &[0x05, 0xFF]); // command high byte, status low byte
         select(&mut r, 3, 0, 0x04);
         assert_eq!(read(&mut r, 0xCFC, 4), 0x0000_0500);
+    }
+
+    /// A function whose BAR reads return the BAR number and offset, and which records writes.
+    struct BarFunc(ConfigSpace, Vec<(u8, u64, Vec<u8>)>);
+    impl Device for BarFunc {
+        fn name(&self) -> &str {
+            "bars"
+        }
+        fn pci(&mut self) -> Option<&mut dyn PciFunction> {
+            Some(self)
+        }
+    }
+    impl PciFunction for BarFunc {
+        fn config_read(&mut self, offset: u8, data: &mut [u8]) {
+            self.0.config_read(offset, data)
+        }
+        fn config_write(&mut self, offset: u8, data: &[u8]) {
+            self.0.config_write(offset, data)
+        }
+        fn config_space(&self) -> Option<&ConfigSpace> {
+            Some(&self.0)
+        }
+        fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+            data.fill(0);
+            data[0] = bar;
+            if data.len() > 1 {
+                data[1] = offset as u8;
+            }
+        }
+        fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+            self.1.push((bar, offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn bar_windows_follow_programming_and_command_bits() {
+        let f = shared(BarFunc(sample(), Vec::new()));
+        let mut r = PciRoot::new();
+        r.register(3, 0, f.clone()).unwrap();
+        let w = r.windows();
+        let mut b = [0u8; 2];
+        assert!(
+            !w.io_read(0xC010, &mut b),
+            "nothing decodes before programming"
+        );
+        select(&mut r, 3, 0, 0x14);
+        r.io_write(0xCFC, &0xC000u32.to_le_bytes());
+        select(&mut r, 3, 0, 0x10);
+        r.io_write(0xCFC, &0xE000_0000u32.to_le_bytes());
+        assert!(!w.io_read(0xC010, &mut b), "I/O decoding still disabled");
+        select(&mut r, 3, 0, 0x04);
+        r.io_write(0xCFC, &[0x01, 0x00]);
+        assert!(w.io_read(0xC010, &mut b));
+        assert_eq!(b, [1, 0x10]);
+        assert!(
+            !w.io_read(0xC01F, &mut b),
+            "access crossing the window's end"
+        );
+        assert!(
+            !w.mmio_read(0xE000_0000, &mut b),
+            "memory decoding disabled"
+        );
+        r.io_write(0xCFC, &[0x03, 0x00]);
+        assert!(w.mmio_write(0xE000_0100, &[7]));
+        assert_eq!(lock(&f).1, vec![(0, 0x100, vec![7])]);
+        // The ROM decodes only with its enable bit.
+        select(&mut r, 3, 0, 0x30);
+        r.io_write(0xCFC, &0xD000_0000u32.to_le_bytes());
+        assert!(!w.mmio_read(0xD000_0000, &mut b));
+        r.io_write(0xCFC, &0xD000_0001u32.to_le_bytes());
+        assert!(w.mmio_read(0xD000_0010, &mut b));
+        assert_eq!(b, [6, 0x10]);
+        // Moving the BAR moves the window.
+        select(&mut r, 3, 0, 0x14);
+        r.io_write(0xCFC, &0xB000u32.to_le_bytes());
+        assert!(!w.io_read(0xC000, &mut b));
+        assert!(w.io_read(0xB004, &mut b));
     }
 }

@@ -118,6 +118,11 @@ pub trait Partition: Send + Sync {
 
     /// Drives an interrupt line of the in-hypervisor PIC/IOAPIC (in-kernel mode only).
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()>;
+
+    /// Tells the backend that something other than a virtual processor (device DMA, a loader)
+    /// wrote `len` bytes of guest RAM at `address`, so that caches of decoded guest code drop
+    /// what they hold for it. Hardware backends need nothing and keep the default.
+    fn guest_memory_written(&self, _address: u64, _len: usize) {}
 }
 
 /// The machine side of a running virtual processor: device access and interrupt sources.

@@ -4,6 +4,7 @@
 //! holding `\_S5` (sleep type 0 powers off), and a MADT listing every local APIC, the IOAPIC
 //! and the SCI's level/active-high override. ISA IRQs map 1:1 to IOAPIC pins.
 
+use crate::memory::PCI_HOLE_START;
 use devices::ioapic::IOAPIC_BASE;
 use devices::piix4_pm::{ACPI_DISABLE, ACPI_ENABLE, APM_CONTROL, PM_BASE, SCI_IRQ};
 
@@ -13,7 +14,7 @@ const RSDT: u64 = TABLES_BASE + 0x40;
 const FADT: u64 = TABLES_BASE + 0x100;
 const FACS: u64 = TABLES_BASE + 0x200;
 const DSDT: u64 = TABLES_BASE + 0x300;
-const MADT: u64 = TABLES_BASE + 0x400;
+const MADT: u64 = TABLES_BASE + 0x500;
 /// Local APIC address.
 const LAPIC_BASE: u32 = 0xfee0_0000;
 
@@ -86,12 +87,52 @@ fn facs() -> Vec<u8> {
     t
 }
 
+/// The DSDT: `\_S5` (sleep type 0 powers off) and the PCI host bridge `\_SB.PCI0`, whose
+/// `_CRS` gives the bus range and the I/O and memory windows Linux places BARs in (the PCI hole
+/// up to the IOAPIC). Built with the `acpi_tables` AML encoder.
 fn dsdt() -> Vec<u8> {
+    use acpi_tables::aml::{
+        AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, ResourceTemplate, IO,
+        ZERO,
+    };
+    use acpi_tables::Aml;
     let mut t = header(b"DSDT", 1);
-    // Name (_S5_, Package (4) { Zero, Zero, Zero, Zero })
-    t.extend_from_slice(&[
-        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
-    ]);
+    Name::new(
+        "_S5_".into(),
+        &Package::new(vec![&ZERO, &ZERO, &ZERO, &ZERO]),
+    )
+    .to_aml_bytes(&mut t);
+    let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
+    let buses = AddressSpace::new_bus_number(0u16, 0xffu16);
+    let io_low = AddressSpace::new_io(0u16, 0xcf7u16, None);
+    let io_high = AddressSpace::new_io(0xd00u16, 0xffffu16, None);
+    let vga = AddressSpace::new_memory(
+        AddressSpaceCacheable::Cacheable,
+        true,
+        0xa_0000u32,
+        0xb_ffffu32,
+        None,
+    );
+    let hole = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_HOLE_START as u32,
+        (IOAPIC_BASE - 1) as u32,
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&buses, &config_ports, &io_low, &io_high, &vga, &hole]);
+    let hid = EISAName::new("PNP0A03");
+    Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &Name::new("_HID".into(), &hid),
+            &Name::new("_ADR".into(), &ZERO),
+            &Name::new("_BBN".into(), &ZERO),
+            &Name::new("_UID".into(), &ZERO),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut t);
     finish(t)
 }
 

@@ -5,15 +5,20 @@
 //! the IOAPIC delivers through the partition's MSI injection. In-kernel irqchip: those three
 //! live in the hypervisor and lines are driven with `set_irq_line`.
 
+use crate::storage::{self, GuestRam};
 use crate::vcpu::Control;
 use crate::{MachineConfig, MachineEvent, OffReason};
+use devices::block::BlockBackend;
 use devices::bus::{lock, shared, Bus, BusKind, SharedDevice};
 use devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use devices::dma::{Dma8237, DMA_PORT_RANGES};
+use devices::dma_memory::DmaMemory;
+use devices::fdc::{Fdc, FDC_IRQ, FDC_PORT_RANGES};
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_RANGES};
 use devices::i440fx::I440fx;
+use devices::ide::{Drive, Piix3Ide, IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
 use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
-use devices::pci::{PciRoot, PCI_PORT_RANGES};
+use devices::pci::{PciRoot, PciWindows, PCI_PORT_RANGES};
 use devices::pic::Pic;
 use devices::piix3::Piix3;
 use devices::piix4_pm::{Piix4Pm, PIIX4_PM_PORT_RANGES, SCI_IRQ};
@@ -69,6 +74,9 @@ struct TimerState {
 pub struct Chipset {
     ports: Bus,
     mmio: Bus,
+    pci: Arc<Mutex<PciRoot>>,
+    /// Enabled PCI BARs, for accesses no fixed range claims.
+    pci_windows: PciWindows,
     pic: Option<Arc<Mutex<Pic>>>,
     ioapic: Option<Arc<Mutex<IoApic>>>,
     uart: Arc<Mutex<Uart>>,
@@ -149,13 +157,52 @@ impl Chipset {
             devices.push(pit);
         }
 
+        let ram: Arc<dyn DmaMemory> =
+            Arc::new(GuestRam::new(memory.guest.clone(), partition.clone()));
+        let dma = shared(Dma8237::with_memory(ram.clone()));
+        let d: SharedDevice = dma.clone();
+        add_ports(&mut ports, &DMA_PORT_RANGES, &d)?;
+        devices.push(d);
+
+        let mut fdc = Fdc::new(line(FDC_IRQ), Some(dma), waker.clone());
+        if let Some(path) = &config.floppy {
+            let image = storage::open_removable(path).map_err(|e| e.to_string())?;
+            fdc.attach(0, Some(Box::new(image)))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let floppies = fdc.cmos_drive_types();
+        let fdc: SharedDevice = shared(fdc);
+        add_ports(&mut ports, &FDC_PORT_RANGES, &fdc)?;
+        devices.push(fdc);
+
+        let mut ide = Piix3Ide::new(ram.clone(), line(PRIMARY_IRQ), line(SECONDARY_IRQ));
+        let (disk_slots, cd_slot) = storage::ide_layout(config.disks.len(), config.cdrom.is_some())
+            .map_err(|e| e.to_string())?;
+        for (path, &(channel, unit)) in config.disks.iter().zip(&disk_slots) {
+            let image = storage::ImageBackend::open(path, false).map_err(|e| e.to_string())?;
+            ide.attach(channel, unit, Drive::HardDisk(Box::new(image)))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if let Some((channel, unit)) = cd_slot {
+            let media = match &config.cdrom {
+                Some(path) => Some(Box::new(
+                    storage::ImageBackend::open(path, true).map_err(|e| e.to_string())?,
+                ) as Box<dyn BlockBackend>),
+                None => None,
+            };
+            ide.attach(channel, unit, Drive::Cdrom(media))
+                .map_err(|e| e.to_string())?;
+        }
+        let ide: SharedDevice = shared(ide);
+        add_ports(&mut ports, &IDE_PORT_RANGES, &ide)?;
+
         let mut rtc = Rtc::with_host_time(clock.clone(), line(8), waker.clone());
         rtc.apply_pc_config(&PcCmosConfig {
             ram_below_4g: memory.below_4g,
             ram_above_4g: memory.above_4g,
             cpus: config.cpus,
             boot_order: config.boot_order.clone(),
-            floppies: Default::default(),
+            floppies,
         });
         let rtc: SharedDevice = shared(rtc);
         add_ports(&mut ports, &RTC_PORT_RANGES, &rtc)?;
@@ -203,10 +250,6 @@ impl Chipset {
         add_ports(&mut ports, &FW_CFG_PORT_RANGES, &fw_cfg)?;
         devices.push(fw_cfg);
 
-        let dma: SharedDevice = shared(Dma8237::new());
-        add_ports(&mut ports, &DMA_PORT_RANGES, &dma)?;
-        devices.push(dma);
-
         let pm: SharedDevice = shared(Piix4Pm::new(clock.clone(), line(SCI_IRQ), power));
         add_ports(&mut ports, &PIIX4_PM_PORT_RANGES, &pm)?;
 
@@ -214,19 +257,24 @@ impl Chipset {
         for (dev, func, d) in [
             (0, 0, shared(I440fx::new()) as SharedDevice),
             (1, 0, shared(Piix3::new()) as SharedDevice),
+            (1, 1, ide),
             (1, 3, pm.clone()),
         ] {
             root.register(dev, func, d.clone())
                 .map_err(|e| e.to_string())?;
             devices.push(d);
         }
-        let pci: SharedDevice = shared(root);
+        let pci_windows = root.windows();
+        let root = shared(root);
+        let pci: SharedDevice = root.clone();
         add_ports(&mut ports, &PCI_PORT_RANGES, &pci)?;
         devices.push(pci);
 
         Ok(Self {
             ports,
             mmio,
+            pci: root,
+            pci_windows,
             pic,
             ioapic,
             uart,
@@ -247,6 +295,7 @@ impl Chipset {
         for d in &self.devices {
             lock(d).reset();
         }
+        lock(&self.pci).update_windows();
         let (m, cv) = &*self.timer;
         lock(m).woken = true;
         cv.notify_one();
@@ -309,27 +358,27 @@ impl Chipset {
 
 impl CpuIo for Chipset {
     fn io_read(&self, _vp: u32, port: u16, data: &mut [u8]) {
-        if !self.ports.read(u64::from(port), data) {
+        if !self.ports.read(u64::from(port), data) && !self.pci_windows.io_read(port, data) {
             data.fill(0xff);
             self.note_unclaimed(false, u64::from(port), false);
         }
     }
 
     fn io_write(&self, _vp: u32, port: u16, data: &[u8]) {
-        if !self.ports.write(u64::from(port), data) {
+        if !self.ports.write(u64::from(port), data) && !self.pci_windows.io_write(port, data) {
             self.note_unclaimed(false, u64::from(port), true);
         }
     }
 
     fn mmio_read(&self, _vp: u32, address: u64, data: &mut [u8]) {
-        if !self.mmio.read(address, data) {
+        if !self.mmio.read(address, data) && !self.pci_windows.mmio_read(address, data) {
             data.fill(0xff);
             self.note_unclaimed(true, address, false);
         }
     }
 
     fn mmio_write(&self, _vp: u32, address: u64, data: &[u8]) {
-        if !self.mmio.write(address, data) {
+        if !self.mmio.write(address, data) && !self.pci_windows.mmio_write(address, data) {
             self.note_unclaimed(true, address, true);
         }
     }

@@ -12,6 +12,7 @@ pub mod chipset;
 pub mod firmware;
 pub mod linux;
 pub mod memory;
+pub mod storage;
 mod vcpu;
 
 pub use devices::rtc::BootDevice;
@@ -60,6 +61,13 @@ pub struct MachineConfig {
     pub boot_order: Vec<BootDevice>,
     /// Interrupt controller placement.
     pub irqchip: IrqChipMode,
+    /// Hard disk images (raw, VHD or qcow2), in IDE order: primary master, primary slave,
+    /// secondary slave (and secondary master when there is no CD-ROM image).
+    pub disks: Vec<PathBuf>,
+    /// CD-ROM image in the secondary master drive (the drive exists, empty, without one).
+    pub cdrom: Option<PathBuf>,
+    /// Floppy image in drive A.
+    pub floppy: Option<PathBuf>,
 }
 
 impl Default for MachineConfig {
@@ -71,6 +79,9 @@ impl Default for MachineConfig {
             linux: None,
             boot_order: vec![BootDevice::Cdrom, BootDevice::Disk, BootDevice::Floppy],
             irqchip: IrqChipMode::Split,
+            disks: Vec::new(),
+            cdrom: None,
+            floppy: None,
         }
     }
 }

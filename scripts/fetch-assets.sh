@@ -12,6 +12,7 @@
 # Outputs in the cache folder:
 #   bios.bin bios-256k.bin vgabios-stdvga.bin   SeaBIOS (package seabios)
 #   vmlinuz                                     Debian 6.1 bzImage (linux-image-6.1.*-amd64)
+#   linux-font-8x16.bin                         the kernel's console font (read back from screens)
 #   initramfs.cpio.gz                           busybox-static; /init prints TERRARIUM-BOOT-OK, powers off
 #   linux.iso                                   isolinux El Torito CD with vmlinuz + initramfs
 #   linux-hdd.img                               32 MiB MBR disk: FAT16 partition, syslinux, same Linux
@@ -97,6 +98,10 @@ ensure_tool() {
 #           master/slave = target); the floppy fd0: "FLOPPY-READ fd0 <md5 of the disk>"
 #   cdrom   mounts the CD (sr0): "CDROM-FILES <names under /boot>"
 #   readbench  reads all of sda sequentially between "READBENCH-START" and "READBENCH-END"
+#   desktop loads bochs-drm (framebuffer console on the standard VGA) and psmouse, prints
+#           "MOUSE-READY" and then the first two packets read from /dev/input/mice as
+#           "MOUSE <hex bytes>", prints the marker and "SHELL-READY", then runs a shell on the
+#           console's keyboard (tty0) until something types `poweroff -f`
 PATTERN_BYTES=4194304
 write_init() {
     cat >"$1" <<EOF
@@ -156,6 +161,20 @@ readbench)
     say READBENCH-START
     dd if=/dev/sda of=/dev/null bs=1M 2>/dev/null
     say READBENCH-END
+    ;;
+desktop)
+    for m in \$(cat /lib/modules/display-order); do insmod /lib/modules/\$m.ko 2>/dev/null; done
+    wait_for /dev/fb0
+    if wait_for /dev/input/mouse0; then
+        (
+            exec 3</dev/input/mice
+            say MOUSE-READY
+            say "MOUSE \$(dd bs=3 count=2 <&3 2>/dev/null | od -An -tx1 | tr -s ' \n' '  ')"
+        ) &
+    fi
+    say $MARKER
+    say SHELL-READY
+    exec sh </dev/tty0 >/dev/tty0 2>&1
     ;;
 cdrom)
     load_modules
@@ -238,10 +257,12 @@ fetch_pkg "$KPKG" ./boot   # the image; of the ~400 MB of modules only the stora
 # Storage drivers for the initramfs's terrarium.test modes, in load order (each after what it needs).
 MODULES=(scsi_common scsi_mod libata ata_piix crc64 crc64_rocksoft_generic crc64-rocksoft
     crct10dif_common crct10dif_generic crc-t10dif t10-pi sd_mod cdrom sr_mod isofs floppy)
-KMODS="$PKGS/$KPKG-storage-modules"
+# Display and mouse drivers for terrarium.test=desktop, in load order.
+DISPLAY_MODULES=(drm drm_kms_helper ttm drm_ttm_helper drm_vram_helper bochs psmouse)
+KMODS="$PKGS/$KPKG-test-modules"
 # (tar's wildcards match "/" too, so ./lib/modules/*/NAME.ko finds NAME.ko at any depth.)
 KMOD_MEMBERS=()
-for m in "${MODULES[@]}"; do KMOD_MEMBERS+=("./lib/modules/*/$m.ko"); done
+for m in "${MODULES[@]}" "${DISPLAY_MODULES[@]}"; do KMOD_MEMBERS+=("./lib/modules/*/$m.ko"); done
 deb_fetch "$KPKG" "$KMODS" "$KMODS/.terrarium-pkg" --wildcards "${KMOD_MEMBERS[@]}"
 
 # --- SeaBIOS ----------------------------------------------------------------------------------
@@ -261,6 +282,25 @@ for opt in BLK_DEV_INITRD RD_GZIP DEVTMPFS PROC_FS SYSFS BINFMT_SCRIPT TTY VT_CO
     grep -qx "CONFIG_$opt=y" "$KCONFIG" || die "$KPKG: CONFIG_$opt is not built in (=y)"
 done
 copy_out "$KIMG" vmlinuz
+# The 8×16 font Linux's framebuffer console draws with (font_vga_8x16, 256 glyphs of 16 bytes),
+# taken from the kernel image, so that tests can read the console back from a screenshot.
+if needs_build "$ASSETS/linux-font-8x16.bin" "$ASSETS/vmlinuz" "$SELF"; then
+    python3 - "$ASSETS/vmlinuz" "$ASSETS/linux-font-8x16.bin.tmp" <<'PY' || die "no 8x16 font in $KIMG"
+import lzma, struct, sys
+image = open(sys.argv[1], "rb").read()
+start = image.find(b"\xfd7zXZ\x00")
+if start < 0:
+    sys.exit("vmlinuz: no xz payload")
+kernel = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(image[start:])
+# struct font_data: {0, 0, FONTDATAMAX = 4096, 0}, then glyph 0 (blank) and glyph 1 (smiley).
+header = struct.pack("<iiii", 0, 0, 4096, 0) + bytes(16) + bytes.fromhex("00007e81a58181bd9981817e")
+at = kernel.find(header)
+if at < 0:
+    sys.exit("vmlinux: font_vga_8x16 not found")
+open(sys.argv[2], "wb").write(kernel[at + 16:at + 16 + 4096])
+PY
+    mv -f "$ASSETS/linux-font-8x16.bin.tmp" "$ASSETS/linux-font-8x16.bin"
+fi
 
 # --- memtest86+ -------------------------------------------------------------------------------
 MEMTEST=()
@@ -282,16 +322,17 @@ if needs_build "$ASSETS/initramfs.cpio.gz" "$BUSYBOX" "$KMODS/.terrarium-pkg" "$
     for a in sh mount echo poweroff sleep cat dd; do
         grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
     done
-    for a in insmod md5sum yes head cut tr ls grep readlink basename; do
+    for a in insmod md5sum yes head cut tr ls grep readlink basename od; do
         grep -qx "$a" "$tmp/applets" || die "busybox lacks applet $a"
     done
     mkdir "$tmp/modules"
-    for m in "${MODULES[@]}"; do
+    for m in "${MODULES[@]}" "${DISPLAY_MODULES[@]}"; do
         ko=$(find "$KMODS/lib/modules" -name "$m.ko" | head -n 1)
         [ -n "$ko" ] || die "$KPKG has no $m.ko"
         cp "$ko" "$tmp/modules/"
     done
     printf '%s\n' "${MODULES[@]}" >"$tmp/modules/order"
+    printf '%s\n' "${DISPLAY_MODULES[@]}" >"$tmp/modules/display-order"
     mkcpio "$tmp/initramfs.cpio.gz" "$BUSYBOX" "$tmp/init" "$tmp/applets" "$tmp/modules"
     mv -f "$tmp/initramfs.cpio.gz" "$ASSETS/initramfs.cpio.gz"
     rm -rf "$tmp"
@@ -423,6 +464,7 @@ MEMTEST_ID=$(pkg_id memtest86+)
     entry bios-256k.bin "$SEABIOS_ID"
     entry vgabios-stdvga.bin "$SEABIOS_ID"
     entry vmlinuz "$KERNEL_ID"
+    entry linux-font-8x16.bin "$KERNEL_ID"
     entry initramfs.cpio.gz "$BUSYBOX_ID"
     entry linux.iso "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id isolinux)" "$(pkg_id syslinux-common)"
     for f in "${MEMTEST[@]}"; do entry "$f" "$MEMTEST_ID"; done

@@ -114,16 +114,8 @@ impl Output {
     }
 }
 
-fn unsupported(flag: &str, set: bool) -> Result<()> {
-    if set {
-        bail!("{flag} is not supported by this build yet (no display device)");
-    }
-    Ok(())
-}
-
 /// Runs the VM; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<i32> {
-    unsupported("--screenshot", args.screenshot.is_some())?;
     if let Some(t) = args.timeout {
         if !(t > 0.0 && t.is_finite()) {
             bail!("--timeout must be a positive number of seconds");
@@ -164,6 +156,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         disks: args.disk,
         cdrom: args.cdrom,
         floppy: args.floppy,
+        vga_bios: None,
     };
     // Check the values before touching the hypervisor so the message is about them.
     if !(machine::MEMORY_RANGE_MIB.0..=machine::MEMORY_RANGE_MIB.1).contains(&config.memory_mib) {
@@ -253,6 +246,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     vm.power_off();
     vm.wait();
+    if let Some(path) = &args.screenshot {
+        let screen = vm.screen();
+        machine::screenshot::save_png(&screen.lock(), path)?;
+    }
     serial.0.flush()?;
     if let Some(d) = debugcon.as_mut() {
         d.0.flush()?;

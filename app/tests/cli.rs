@@ -231,3 +231,73 @@ fn auto_falls_back_to_the_software_cpu_with_a_reason() {
         "SeaBIOS did not run on the software CPU:\n{log}\n{e}"
     );
 }
+
+fn asset(name: &str) -> PathBuf {
+    std::env::var_os("TERRARIUM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"))
+        .join(name)
+}
+
+#[test]
+fn missing_or_corrupt_disk_images_name_the_file() {
+    let bios = asset("bios.bin");
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "emu",
+        "--firmware",
+        bios.to_str().unwrap(),
+        "--disk",
+        "/nonexistent/disk.qcow2",
+    ]));
+    assert!(e.contains("/nonexistent/disk.qcow2"), "{e}");
+    // A qcow2 header that claims more than the file holds.
+    let bad = temp("bad.qcow2");
+    let mut header = vec![0u8; 512];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[4..8].copy_from_slice(&3u32.to_be_bytes());
+    header[20..24].copy_from_slice(&16u32.to_be_bytes()); // 64 KiB clusters
+    header[24..32].copy_from_slice(&(1u64 << 40).to_be_bytes()); // 1 TiB
+    header[36..40].copy_from_slice(&1u32.to_be_bytes()); // L1 size
+    header[40..48].copy_from_slice(&(1u64 << 30).to_be_bytes()); // L1 past the end
+    std::fs::write(&bad, &header).unwrap();
+    let e = assert_clean_failure(&terrarium(&[
+        "run",
+        "--backend",
+        "emu",
+        "--firmware",
+        bios.to_str().unwrap(),
+        "--disk",
+        bad.to_str().unwrap(),
+    ]));
+    assert!(e.contains("bad.qcow2"), "{e}");
+}
+
+#[test]
+fn screenshot_is_saved_when_the_run_ends() {
+    let bios = asset("bios.bin");
+    assert!(
+        bios.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        bios.display()
+    );
+    let png = temp("screen.png");
+    let _ = std::fs::remove_file(&png);
+    let o = terrarium(&[
+        "run",
+        "--backend",
+        "emu",
+        "--firmware",
+        bios.to_str().unwrap(),
+        "--timeout",
+        "3",
+        "--screenshot",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "timeout exit: {}", stderr(&o));
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: 720×400, the 80×25 text screen in 9×16 cells.
+    assert_eq!(&bytes[16..24], &[0, 0, 2, 0xd0, 0, 0, 1, 0x90]);
+}

@@ -14,9 +14,12 @@ use devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use devices::dma::{Dma8237, DMA_PORT_RANGES};
 use devices::dma_memory::DmaMemory;
 use devices::fdc::{Fdc, FDC_IRQ, FDC_PORT_RANGES};
+use devices::framebuffer::SharedFramebuffer;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_RANGES};
 use devices::i440fx::I440fx;
+use devices::i8042::{I8042, I8042_PORT_RANGES, KEYBOARD_IRQ, MOUSE_IRQ};
 use devices::ide::{Drive, Piix3Ide, IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
+use devices::input::InputHandle;
 use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::pci::{PciRoot, PciWindows, PCI_PORT_RANGES};
 use devices::pic::Pic;
@@ -27,6 +30,9 @@ use devices::router::IrqRouter;
 use devices::rtc::{PcCmosConfig, Rtc, RTC_PORT_RANGES};
 use devices::system_control::{ResetKind, ResetRequest, SystemControl, SYSTEM_CONTROL_PORT_RANGES};
 use devices::uart::Uart;
+use devices::vga::{
+    StdVga, VBE_DISPI_PORT_RANGES, VGA_PORT_RANGES, VGA_WINDOW_BASE, VGA_WINDOW_SIZE,
+};
 use devices::{Clock, HostClock, IrqLine, LineSink, TimerWaker};
 use hv::{CpuIo, IrqChipMode, MsiMessage, Partition};
 use std::collections::HashSet;
@@ -77,6 +83,9 @@ pub struct Chipset {
     pci: Arc<Mutex<PciRoot>>,
     /// Enabled PCI BARs, for accesses no fixed range claims.
     pci_windows: PciWindows,
+    vga: Arc<Mutex<StdVga>>,
+    framebuffer: SharedFramebuffer,
+    input: InputHandle,
     pic: Option<Arc<Mutex<Pic>>>,
     ioapic: Option<Arc<Mutex<IoApic>>>,
     uart: Arc<Mutex<Uart>>,
@@ -243,6 +252,31 @@ impl Chipset {
         add_ports(&mut ports, &SYSTEM_CONTROL_PORT_RANGES, &sysctl)?;
         devices.push(sysctl);
 
+        let keyboard = shared(I8042::new(
+            line(KEYBOARD_IRQ),
+            line(MOUSE_IRQ),
+            power.clone(),
+            clock.clone(),
+            waker.clone(),
+        ));
+        let input = InputHandle::new(keyboard.clone());
+        let d: SharedDevice = keyboard;
+        add_ports(&mut ports, &I8042_PORT_RANGES, &d)?;
+        devices.push(d);
+
+        let vga_bios = match &config.vga_bios {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| format!("cannot read the VGA BIOS {}: {e}", path.display()))?,
+            None => Vec::new(),
+        };
+        let vga = shared(StdVga::new(vga_bios).with_clock(clock.clone()));
+        let framebuffer = lock(&vga).framebuffer();
+        let d: SharedDevice = vga.clone();
+        add_ports(&mut ports, &VGA_PORT_RANGES, &d)?;
+        add_ports(&mut ports, &VBE_DISPI_PORT_RANGES, &d)?;
+        mmio.insert(VGA_WINDOW_BASE, VGA_WINDOW_SIZE, d.clone())
+            .map_err(|e| e.to_string())?;
+
         // Boot settings for SeaBIOS as QEMU passes them: no interactive boot-menu wait.
         let mut fw_cfg = FwCfg::new(config.cpus.min(u32::from(u16::MAX)) as u16);
         fw_cfg.add_file("etc/show-boot-menu", 0u16.to_le_bytes().to_vec())?;
@@ -259,6 +293,7 @@ impl Chipset {
             (1, 0, shared(Piix3::new()) as SharedDevice),
             (1, 1, ide),
             (1, 3, pm.clone()),
+            (2, 0, vga.clone() as SharedDevice),
         ] {
             root.register(dev, func, d.clone())
                 .map_err(|e| e.to_string())?;
@@ -275,6 +310,9 @@ impl Chipset {
             mmio,
             pci: root,
             pci_windows,
+            vga,
+            framebuffer,
+            input,
             pic,
             ioapic,
             uart,
@@ -299,6 +337,27 @@ impl Chipset {
         let (m, cv) = &*self.timer;
         lock(m).woken = true;
         cv.notify_one();
+    }
+
+    /// The screen as the display device last drew it.
+    pub fn framebuffer(&self) -> SharedFramebuffer {
+        self.framebuffer.clone()
+    }
+
+    /// Brings the framebuffer up to date with display memory now (the timer thread does it at
+    /// 60 Hz; a screenshot must not miss the last writes).
+    pub fn render_display(&self) {
+        lock(&self.vga).render(self.clock.now_ns());
+    }
+
+    /// The characters of a text-mode screen, one string per row (`None` in graphics modes).
+    pub fn text_screen(&self) -> Option<Vec<String>> {
+        lock(&self.vga).text_screen()
+    }
+
+    /// Keyboard and mouse input into the PS/2 controller.
+    pub fn input(&self) -> InputHandle {
+        self.input.clone()
     }
 
     /// Queues bytes for the first serial port's receiver.

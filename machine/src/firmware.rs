@@ -51,6 +51,28 @@ pub fn find_default() -> Result<PathBuf, FirmwareError> {
         .ok_or(FirmwareError::NotFound)
 }
 
+/// File name of the standard VGA's option ROM in the `seabios` package.
+pub const VGA_BIOS_NAME: &str = "vgabios-stdvga.bin";
+
+/// Where distributions install the VGA option ROMs.
+pub const VGA_SEARCH_DIRS: &[&str] = &["/usr/share/seabios", "/usr/share/qemu"];
+
+/// The standard VGA's option ROM: next to `firmware` if it is given, else in
+/// [`VGA_SEARCH_DIRS`].
+pub fn find_vga_bios(firmware: Option<&Path>) -> Option<PathBuf> {
+    let beside = firmware
+        .and_then(Path::parent)
+        .map(|d| d.join(VGA_BIOS_NAME));
+    beside
+        .into_iter()
+        .chain(
+            VGA_SEARCH_DIRS
+                .iter()
+                .map(|d| Path::new(d).join(VGA_BIOS_NAME)),
+        )
+        .find(|p| p.is_file())
+}
+
 /// Reads and checks a firmware image.
 pub fn load(path: &Path) -> Result<Vec<u8>, FirmwareError> {
     let image = std::fs::read(path).map_err(|source| FirmwareError::Read {

@@ -12,6 +12,7 @@ pub mod chipset;
 pub mod firmware;
 pub mod linux;
 pub mod memory;
+pub mod screenshot;
 pub mod storage;
 mod vcpu;
 
@@ -20,6 +21,8 @@ pub use hv::IrqChipMode;
 pub use linux::LinuxBoot;
 
 use chipset::Chipset;
+pub use devices::framebuffer::{Framebuffer, SharedFramebuffer};
+pub use devices::input::{InputHandle, Key, KeyEvent, MouseButtons, MouseEvent};
 use hv::{Partition, PartitionConfig};
 use memory::{BiosRom, MemoryMap};
 use std::path::PathBuf;
@@ -68,6 +71,9 @@ pub struct MachineConfig {
     pub cdrom: Option<PathBuf>,
     /// Floppy image in drive A.
     pub floppy: Option<PathBuf>,
+    /// The standard VGA's option ROM (`vgabios-stdvga.bin`); `None` finds it next to the
+    /// firmware or in the usual system folders, and without one the VGA has no ROM.
+    pub vga_bios: Option<PathBuf>,
 }
 
 impl Default for MachineConfig {
@@ -82,6 +88,7 @@ impl Default for MachineConfig {
             disks: Vec::new(),
             cdrom: None,
             floppy: None,
+            vga_bios: None,
         }
     }
 }
@@ -190,11 +197,18 @@ pub fn create_partition(
     }
 }
 
+struct Display {
+    framebuffer: SharedFramebuffer,
+    input: InputHandle,
+}
+
 /// A PC.
 pub struct Machine {
     config: MachineConfig,
     partition: Arc<dyn Partition>,
     control: Arc<Control>,
+    chipset: Arc<Chipset>,
+    display: Display,
     events: Option<Receiver<MachineEvent>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -209,17 +223,27 @@ impl Machine {
         if config.cpus == 0 || config.cpus > MAX_CPUS {
             return Err(MachineError::CpuCount(config.cpus));
         }
+        let mut config = config;
         let memory = MemoryMap::new(config.memory_mib << 20)?;
-        let bios = match &config.linux {
-            Some(_) => None,
-            None => {
-                let path = match &config.firmware {
-                    Some(p) => p.clone(),
-                    None => firmware::find_default()?,
-                };
-                Some(BiosRom::new(firmware::load(&path)?)?)
-            }
+        let firmware_path = match (&config.linux, &config.firmware) {
+            (Some(_), _) => None,
+            (None, Some(p)) => Some(p.clone()),
+            (None, None) => Some(firmware::find_default()?),
         };
+        let bios = match &firmware_path {
+            Some(path) => Some(BiosRom::new(firmware::load(path)?)?),
+            None => None,
+        };
+        if config.vga_bios.is_none() {
+            config.vga_bios = firmware::find_vga_bios(firmware_path.as_deref());
+            if config.vga_bios.is_none() && firmware_path.is_some() {
+                // Headless runs with custom firmware need no screen; say it for the curious.
+                tracing::info!(
+                    "no vgabios-stdvga.bin found: the screen stays blank until the guest sets a \
+                     mode (install the seabios package)"
+                );
+            }
+        }
         let (tx, rx) = channel();
         let control = Arc::new(Control::new(config.cpus, tx.clone()));
         if let Some(boot) = &config.linux {
@@ -237,11 +261,18 @@ impl Machine {
             partition.map_memory(slot, b.region.clone(), true)?;
             b.load_low_alias(&memory);
         }
-        control.attach(Arc::new(chipset), memory, bios);
+        let display = Display {
+            framebuffer: chipset.framebuffer(),
+            input: chipset.input(),
+        };
+        let chipset = Arc::new(chipset);
+        control.attach(chipset.clone(), memory, bios);
         Ok(Self {
             config,
             partition,
             control,
+            chipset,
+            display,
             events: Some(rx),
             threads: Vec::new(),
         })
@@ -293,6 +324,27 @@ impl Machine {
     /// Turns the machine off.
     pub fn power_off(&self) {
         self.control.power_off(OffReason::Requested);
+    }
+
+    /// The screen: RGBA pixels with dirty rectangles, kept current at 60 Hz while running.
+    pub fn framebuffer(&self) -> SharedFramebuffer {
+        self.display.framebuffer.clone()
+    }
+
+    /// Redraws the framebuffer from display memory now and returns it (for a screenshot).
+    pub fn screen(&self) -> SharedFramebuffer {
+        self.chipset.render_display();
+        self.display.framebuffer.clone()
+    }
+
+    /// The characters on a text-mode screen, one string per row; `None` in graphics modes.
+    pub fn text_screen(&self) -> Option<Vec<String>> {
+        self.chipset.text_screen()
+    }
+
+    /// The PS/2 keyboard and mouse.
+    pub fn input(&self) -> InputHandle {
+        self.display.input.clone()
     }
 
     /// Sends bytes to the guest's first serial port.

@@ -8,17 +8,16 @@
 use crate::storage::{self, GuestRam};
 use crate::vcpu::Control;
 use crate::{MachineConfig, MachineEvent, OffReason};
-use devices::block::BlockBackend;
 use devices::bus::{lock, shared, Bus, BusKind, SharedDevice};
 use devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use devices::dma::{Dma8237, DMA_PORT_RANGES};
 use devices::dma_memory::DmaMemory;
-use devices::fdc::{Fdc, FDC_IRQ, FDC_PORT_RANGES};
+use devices::fdc::{FDC_IRQ, FDC_PORT_RANGES};
 use devices::framebuffer::SharedFramebuffer;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_RANGES};
 use devices::i440fx::I440fx;
 use devices::i8042::{I8042, I8042_PORT_RANGES, KEYBOARD_IRQ, MOUSE_IRQ};
-use devices::ide::{Drive, Piix3Ide, IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
+use devices::ide::{IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
 use devices::input::InputHandle;
 use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::pci::{PciRoot, PciWindows, PCI_PORT_RANGES};
@@ -173,35 +172,13 @@ impl Chipset {
         add_ports(&mut ports, &DMA_PORT_RANGES, &d)?;
         devices.push(d);
 
-        let mut fdc = Fdc::new(line(FDC_IRQ), Some(dma), waker.clone());
-        if let Some(path) = &config.floppy {
-            let image = storage::open_removable(path).map_err(|e| e.to_string())?;
-            fdc.attach(0, Some(Box::new(image)))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        let fdc = storage::floppy_controller(config, line(FDC_IRQ), dma, waker.clone())?;
         let floppies = fdc.cmos_drive_types();
         let fdc: SharedDevice = shared(fdc);
         add_ports(&mut ports, &FDC_PORT_RANGES, &fdc)?;
         devices.push(fdc);
 
-        let mut ide = Piix3Ide::new(ram.clone(), line(PRIMARY_IRQ), line(SECONDARY_IRQ));
-        let (disk_slots, cd_slot) = storage::ide_layout(config.disks.len(), config.cdrom.is_some())
-            .map_err(|e| e.to_string())?;
-        for (path, &(channel, unit)) in config.disks.iter().zip(&disk_slots) {
-            let image = storage::ImageBackend::open(path, false).map_err(|e| e.to_string())?;
-            ide.attach(channel, unit, Drive::HardDisk(Box::new(image)))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        if let Some((channel, unit)) = cd_slot {
-            let media = match &config.cdrom {
-                Some(path) => Some(Box::new(
-                    storage::ImageBackend::open(path, true).map_err(|e| e.to_string())?,
-                ) as Box<dyn BlockBackend>),
-                None => None,
-            };
-            ide.attach(channel, unit, Drive::Cdrom(media))
-                .map_err(|e| e.to_string())?;
-        }
+        let ide = storage::ide_controller(config, ram, line(PRIMARY_IRQ), line(SECONDARY_IRQ))?;
         let ide: SharedDevice = shared(ide);
         add_ports(&mut ports, &IDE_PORT_RANGES, &ide)?;
 

@@ -4,12 +4,17 @@
 //! the CD-ROM drive as secondary master, a further disk as secondary slave; a fourth disk takes
 //! the secondary master when there is no CD-ROM image.
 
+use crate::MachineConfig;
 use devices::block::BlockBackend;
+use devices::dma::Dma8237;
 use devices::dma_memory::DmaMemory;
+use devices::fdc::Fdc;
+use devices::ide::{Drive, Piix3Ide};
+use devices::{IrqLine, TimerWaker};
 use hv::Partition;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 /// Errors opening the VM's disk images; each names the file.
@@ -117,6 +122,50 @@ pub fn ide_layout(
         return Err(StorageError::TooManyDrives { disks });
     }
     Ok((DISK_ORDER[..disks].to_vec(), with_cd.then_some(cd_slot)))
+}
+
+/// The PIIX3 IDE function with the VM's disks and CD-ROM drive attached (see [`ide_layout`]).
+pub(crate) fn ide_controller(
+    config: &MachineConfig,
+    ram: Arc<dyn DmaMemory>,
+    primary_irq: IrqLine,
+    secondary_irq: IrqLine,
+) -> Result<Piix3Ide, String> {
+    let mut ide = Piix3Ide::new(ram, primary_irq, secondary_irq);
+    let (disk_slots, cd_slot) =
+        ide_layout(config.disks.len(), config.cdrom.is_some()).map_err(|e| e.to_string())?;
+    for (path, &(channel, unit)) in config.disks.iter().zip(&disk_slots) {
+        let image = ImageBackend::open(path, false).map_err(|e| e.to_string())?;
+        ide.attach(channel, unit, Drive::HardDisk(Box::new(image)))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some((channel, unit)) = cd_slot {
+        let media: Option<Box<dyn BlockBackend>> = match &config.cdrom {
+            Some(path) => Some(Box::new(
+                ImageBackend::open(path, true).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        ide.attach(channel, unit, Drive::Cdrom(media))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(ide)
+}
+
+/// The floppy controller on ISA DMA, with the VM's floppy image (if any) in drive A.
+pub(crate) fn floppy_controller(
+    config: &MachineConfig,
+    irq: IrqLine,
+    dma: Arc<Mutex<Dma8237>>,
+    waker: TimerWaker,
+) -> Result<Fdc, String> {
+    let mut fdc = Fdc::new(irq, Some(dma), waker);
+    if let Some(path) = &config.floppy {
+        let image = open_removable(path).map_err(|e| e.to_string())?;
+        fdc.attach(0, Some(Box::new(image)))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(fdc)
 }
 
 /// Guest RAM for device DMA. Writes are reported to the partition so that a software CPU

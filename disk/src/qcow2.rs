@@ -10,6 +10,7 @@
 //! for a new L2 table) that points at it; a freed cluster's refcount drops only after nothing
 //! points at it. Images with internal snapshots, a dirty or corrupt flag open read-only.
 
+use crate::bytes::{be32, be64, put};
 use std::path::{Path, PathBuf};
 
 use crate::storage::{read_exact, read_zero_fill, Storage};
@@ -40,28 +41,6 @@ const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 const L2_CACHE_TABLES: usize = 32;
 const RB_CACHE_BLOCKS: usize = 8;
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(o..o + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(o..o + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
-}
-
-fn put(b: &mut [u8], o: usize, v: &[u8]) {
-    if let Some(s) = b.get_mut(o..o + v.len()) {
-        s.copy_from_slice(v);
-    }
-}
 
 /// A small least-recently-used cache keyed by host offset.
 struct Lru<T> {

@@ -7,6 +7,7 @@
 //! footer moves to the new end of the file. In a differencing disk a clear bitmap bit means
 //! "read this sector from the parent"; dynamic disks set every bit of a new block.
 
+use crate::bytes::{be16, be32, be64, put};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -43,36 +44,6 @@ const PLAT_MACX: u32 = u32::from_be_bytes(*b"MacX");
 const MAX_LOCATOR_LEN: u32 = 64 << 10;
 /// Block data starts on this boundary in the files this crate writes.
 const DATA_ALIGN: u64 = 4096;
-
-fn be16(b: &[u8], o: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(o..o + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_be_bytes(a)
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(o..o + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(o..o + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
-}
-
-fn put(b: &mut [u8], o: usize, v: &[u8]) {
-    if let Some(s) = b.get_mut(o..o + v.len()) {
-        s.copy_from_slice(v);
-    }
-}
 
 /// One's complement of the byte sum, with the 4-byte checksum field at `skip` counted as zero.
 fn checksum(buf: &[u8], skip: usize) -> u32 {

@@ -862,25 +862,36 @@ impl AtaDevice {
         self.raise_irq();
     }
 
-    fn read_pio(&mut self, ext: bool, multiple: bool) {
+    /// Sets up a PIO transfer of the sectors the registers name, in blocks of one sector or of
+    /// the MULTIPLE size; aborts (and returns `None`) when the command cannot run.
+    fn begin_pio(&mut self, ext: bool, multiple: bool, write: bool) -> Option<Xfer> {
         let Kind::Disk(disk) = &mut self.kind else {
-            return self.abort();
+            self.abort();
+            return None;
         };
         let block = if multiple { disk.multiple } else { 1 };
-        if block == 0 {
-            return self.abort();
+        if block == 0 || (write && disk.backend.read_only()) {
+            self.abort();
+            return None;
         }
-        let Some((lba, count, addressing)) = disk.range(&self.regs, ext) else {
-            return self.fail(IDNF);
+        let Some((lba, remaining, addressing)) = disk.range(&self.regs, ext) else {
+            self.fail(IDNF);
+            return None;
         };
         disk.xfer = Xfer {
             lba,
-            remaining: count,
+            remaining,
             block,
             addressing,
-            write: false,
+            write,
         };
-        self.read_block();
+        Some(disk.xfer)
+    }
+
+    fn read_pio(&mut self, ext: bool, multiple: bool) {
+        if self.begin_pio(ext, multiple, false).is_some() {
+            self.read_block();
+        }
     }
 
     /// Loads the next block of a PIO read and raises INTRQ, or ends the command.
@@ -914,26 +925,12 @@ impl AtaDevice {
     }
 
     fn write_pio(&mut self, ext: bool, multiple: bool) {
-        let Kind::Disk(disk) = &mut self.kind else {
-            return self.abort();
-        };
-        let block = if multiple { disk.multiple } else { 1 };
-        if block == 0 || disk.backend.read_only() {
-            return self.abort();
-        }
-        let Some((lba, count, addressing)) = disk.range(&self.regs, ext) else {
-            return self.fail(IDNF);
-        };
-        disk.xfer = Xfer {
-            lba,
-            remaining: count,
-            block,
-            addressing,
-            write: true,
+        let Some(x) = self.begin_pio(ext, multiple, true) else {
+            return;
         };
         self.status = DRDY | DSC;
         self.start_out(
-            count.min(block) as usize * SECTOR as usize,
+            x.remaining.min(x.block) as usize * SECTOR as usize,
             Next::WriteBlock,
         );
     }

@@ -15,6 +15,7 @@
 #   linux-font-8x16.bin                         the kernel's console font (read back from screens)
 #   initramfs.cpio.gz                           busybox-static; /init prints TERRARIUM-BOOT-OK, powers off
 #   linux.iso                                   isolinux El Torito CD with vmlinuz + initramfs
+#   demo.iso                                    the same, booting to a shell on the screen (demo VM)
 #   linux-hdd.img                               32 MiB MBR disk: FAT16 partition, syslinux, same Linux
 #   memtest-floppy.img                          1.44 MB FAT12 floppy: syslinux + memtest86+ (serial)
 #   memtest86+x64.bin memtest86+x64.efi ...     memtest86+
@@ -342,37 +343,49 @@ fi
 ISOLINUX_BIN="$PKGS/isolinux/usr/lib/ISOLINUX/isolinux.bin"
 ISOHDPFX="$PKGS/isolinux/usr/lib/ISOLINUX/isohdpfx.bin"
 LDLINUX="$PKGS/syslinux-common/usr/lib/syslinux/modules/bios/ldlinux.c32"
-if needs_build "$ASSETS/linux.iso" "$ASSETS/vmlinuz" "$ASSETS/initramfs.cpio.gz" "$ISOLINUX_BIN" \
-    "$LDLINUX" "$SELF"; then
+# build_iso OUT VOLUME_ID SAY APPEND: an isolinux El Torito CD (also bootable as a disk) with
+# the kernel and initramfs, booting APPEND after a one-second prompt.
+build_iso() {
+    local out=$1 volid=$2 say=$3 append=$4
     ensure_tool xorriso xorriso
-    log "building linux.iso"
+    log "building $(basename "$out")"
     tmp=$(mktemp -d "$ASSETS/.iso.XXXXXX")
     CLEANUP+=("$tmp")
     mkdir -p "$tmp/root/isolinux" "$tmp/root/boot"
     cp "$ISOLINUX_BIN" "$LDLINUX" "$tmp/root/isolinux/"
     cp "$ASSETS/vmlinuz" "$tmp/root/boot/vmlinuz"
     cp "$ASSETS/initramfs.cpio.gz" "$tmp/root/boot/initrd.gz"
-    cat >"$tmp/root/isolinux/isolinux.cfg" <<'EOF'
+    cat >"$tmp/root/isolinux/isolinux.cfg" <<EOF
 serial 0 115200
 # isolinux shows "say" lines on the screen only; serial gets the banner and the boot: prompt.
-say Terrarium test CD: boots Linux in 1 s
+say $say
 prompt 1
 timeout 10
 default linux
 
 label linux
   kernel /boot/vmlinuz
-  append initrd=/boot/initrd.gz console=ttyS0 console=tty0 cryptomgr.notests terrarium.test=cdrom
+  append initrd=/boot/initrd.gz $append
 EOF
     find "$tmp/root" -exec touch -h -d "@$EPOCH" {} +
-    out=$(SOURCE_DATE_EPOCH=$EPOCH xorriso -as mkisofs -quiet -o "$tmp/linux.iso" \
-        -V TERRARIUM_TEST -r -J \
+    out_log=$(SOURCE_DATE_EPOCH=$EPOCH xorriso -as mkisofs -quiet -o "$tmp/image.iso" \
+        -V "$volid" -r -J \
         -isohybrid-mbr "$ISOHDPFX" \
         -b isolinux/isolinux.bin -c isolinux/boot.cat \
         -no-emul-boot -boot-load-size 4 -boot-info-table \
-        "$tmp/root" 2>&1) || die "xorriso failed:"$'\n'"$out"
-    mv -f "$tmp/linux.iso" "$ASSETS/linux.iso"
+        "$tmp/root" 2>&1) || die "xorriso failed:"$'\n'"$out_log"
+    mv -f "$tmp/image.iso" "$out"
     rm -rf "$tmp"
+}
+ISO_INPUTS=("$ASSETS/vmlinuz" "$ASSETS/initramfs.cpio.gz" "$ISOLINUX_BIN" "$LDLINUX" "$SELF")
+if needs_build "$ASSETS/linux.iso" "${ISO_INPUTS[@]}"; then
+    build_iso "$ASSETS/linux.iso" TERRARIUM_TEST "Terrarium test CD: boots Linux in 1 s" \
+        "console=ttyS0 console=tty0 cryptomgr.notests terrarium.test=cdrom"
+fi
+# The desktop app's demo VM: Linux with a shell on the VGA console, keyboard and mouse.
+if needs_build "$ASSETS/demo.iso" "${ISO_INPUTS[@]}"; then
+    build_iso "$ASSETS/demo.iso" TERRARIUM_DEMO "Terrarium demo: Linux with a busybox shell" \
+        "console=ttyS0 console=tty0 cryptomgr.notests terrarium.test=desktop"
 fi
 
 # --- syslinux hard disk and floppy ------------------------------------------------------------
@@ -467,6 +480,7 @@ MEMTEST_ID=$(pkg_id memtest86+)
     entry linux-font-8x16.bin "$KERNEL_ID"
     entry initramfs.cpio.gz "$BUSYBOX_ID"
     entry linux.iso "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id isolinux)" "$(pkg_id syslinux-common)"
+    entry demo.iso "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id isolinux)" "$(pkg_id syslinux-common)"
     for f in "${MEMTEST[@]}"; do entry "$f" "$MEMTEST_ID"; done
     entry linux-hdd.img "$KERNEL_ID" "$BUSYBOX_ID" "$(pkg_id syslinux-common)"
     entry memtest-floppy.img "$MEMTEST_ID" "$(pkg_id syslinux-common)"

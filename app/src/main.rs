@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod disk_cmd;
+mod gui;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,19 @@ enum Command {
     Run(run::RunArgs),
     /// Create, inspect and convert disk images.
     Disk(disk_cmd::DiskArgs),
+    /// Open the desktop app (what `terrarium` alone does), optionally starting a VM.
+    Gui(GuiArgs),
+}
+
+/// Options of `terrarium gui`.
+#[derive(clap::Args, Debug)]
+struct GuiArgs {
+    /// Start the library VM with this name when the window opens.
+    #[arg(long)]
+    start: Option<String>,
+    /// Write frame statistics to this file on exit (for benchmarks).
+    #[arg(long)]
+    stats: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -47,13 +61,21 @@ fn main() {
                 1
             }
         },
-        None => {
-            eprintln!(
-                "terrarium: this build has no desktop window yet; run a VM headless with \
-                 `terrarium run` (see `terrarium run --help`)"
-            );
-            2
-        }
+        Some(Command::Gui(args)) => open_gui(gui::GuiOptions {
+            start: args.start,
+            stats: args.stats,
+        }),
+        None => open_gui(gui::GuiOptions::default()),
     };
     std::process::exit(code);
+}
+
+fn open_gui(options: gui::GuiOptions) -> i32 {
+    match gui::run(options) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("terrarium: {e:#}");
+            1
+        }
+    }
 }

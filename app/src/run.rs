@@ -173,15 +173,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .transpose()?;
 
     let partition = match backend {
-        Backend::Auto => match create_partition(Backend::Kvm, config.cpus, irqchip) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!(
-                    "terrarium: using the software CPU (slower) because KVM is not usable: {e}"
-                );
-                create_partition(Backend::Emu, config.cpus, IrqChipMode::Split)?
+        Backend::Auto => {
+            let (partition, note) = machine::create_partition_auto(config.cpus, irqchip)?;
+            if let Some(note) = note {
+                eprintln!("terrarium: {note} (--backend kvm forces KVM)");
             }
-        },
+            partition
+        }
         b => create_partition(b, config.cpus, irqchip)?,
     };
     let mut vm = Machine::new(config, partition)?;

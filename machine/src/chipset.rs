@@ -6,6 +6,7 @@
 //! live in the hypervisor and lines are driven with `set_irq_line`.
 
 use crate::storage::{self, GuestRam};
+use crate::storage::{DriveActivity, IdeSlot, ImageBackend};
 use crate::vcpu::Control;
 use crate::{MachineConfig, MachineEvent, OffReason};
 use devices::bus::{lock, shared, Bus, BusKind, SharedDevice};
@@ -17,7 +18,7 @@ use devices::framebuffer::SharedFramebuffer;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_RANGES};
 use devices::i440fx::I440fx;
 use devices::i8042::{I8042, I8042_PORT_RANGES, KEYBOARD_IRQ, MOUSE_IRQ};
-use devices::ide::{IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
+use devices::ide::{Piix3Ide, IDE_PORT_RANGES, PRIMARY_IRQ, SECONDARY_IRQ};
 use devices::input::InputHandle;
 use devices::ioapic::{IoApic, MsiSink, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::pci::{PciRoot, PciWindows, PCI_PORT_RANGES};
@@ -83,6 +84,10 @@ pub struct Chipset {
     /// Enabled PCI BARs, for accesses no fixed range claims.
     pci_windows: PciWindows,
     vga: Arc<Mutex<StdVga>>,
+    ide: Arc<Mutex<Piix3Ide>>,
+    /// Where the CD-ROM drive sits, when there is one.
+    cd_slot: Option<IdeSlot>,
+    activity: DriveActivity,
     framebuffer: SharedFramebuffer,
     input: InputHandle,
     pic: Option<Arc<Mutex<Pic>>>,
@@ -172,15 +177,23 @@ impl Chipset {
         add_ports(&mut ports, &DMA_PORT_RANGES, &d)?;
         devices.push(d);
 
-        let fdc = storage::floppy_controller(config, line(FDC_IRQ), dma, waker.clone())?;
+        let activity = DriveActivity::default();
+        let fdc = storage::floppy_controller(config, line(FDC_IRQ), dma, waker.clone(), &activity)?;
         let floppies = fdc.cmos_drive_types();
         let fdc: SharedDevice = shared(fdc);
         add_ports(&mut ports, &FDC_PORT_RANGES, &fdc)?;
         devices.push(fdc);
 
-        let ide = storage::ide_controller(config, ram, line(PRIMARY_IRQ), line(SECONDARY_IRQ))?;
-        let ide: SharedDevice = shared(ide);
-        add_ports(&mut ports, &IDE_PORT_RANGES, &ide)?;
+        let (ide, cd_slot) = storage::ide_controller(
+            config,
+            ram,
+            line(PRIMARY_IRQ),
+            line(SECONDARY_IRQ),
+            &activity,
+        )?;
+        let ide = shared(ide);
+        let ide_device: SharedDevice = ide.clone();
+        add_ports(&mut ports, &IDE_PORT_RANGES, &ide_device)?;
 
         let mut rtc = Rtc::with_host_time(clock.clone(), line(8), waker.clone());
         rtc.apply_pc_config(&PcCmosConfig {
@@ -268,7 +281,7 @@ impl Chipset {
         for (dev, func, d) in [
             (0, 0, shared(I440fx::new()) as SharedDevice),
             (1, 0, shared(Piix3::new()) as SharedDevice),
-            (1, 1, ide),
+            (1, 1, ide_device),
             (1, 3, pm.clone()),
             (2, 0, vga.clone() as SharedDevice),
         ] {
@@ -288,6 +301,9 @@ impl Chipset {
             pci: root,
             pci_windows,
             vga,
+            ide,
+            cd_slot,
+            activity,
             framebuffer,
             input,
             pic,
@@ -298,6 +314,32 @@ impl Chipset {
             timer,
             unclaimed: Mutex::default(),
         })
+    }
+
+    /// The drives' activity counters.
+    pub fn activity(&self) -> DriveActivity {
+        self.activity.clone()
+    }
+
+    /// Puts the image at `path` into the CD-ROM drive, or empties the drive with `None`.
+    pub fn change_cdrom(&self, path: Option<&std::path::Path>) -> Result<(), String> {
+        let (channel, unit) = self
+            .cd_slot
+            .ok_or("this machine has no CD-ROM drive: all four IDE slots hold disks")?;
+        let mut ide = lock(&self.ide);
+        match path {
+            Some(path) => {
+                let image = ImageBackend::open(path, true)
+                    .map_err(|e| e.to_string())?
+                    .counting(&self.activity.cdrom);
+                ide.insert_media(channel, unit, Box::new(image))
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                ide.eject(channel, unit).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
     }
 
     /// The vCPU-side view of the chipset.

@@ -28,6 +28,7 @@ use memory::{BiosRom, MemoryMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
+pub use storage::{DriveActivity, IoCounter};
 use vcpu::Control;
 
 /// Smallest and largest guest memory accepted, in MiB.
@@ -120,6 +121,9 @@ pub enum MachineError {
     /// Device assembly problem (a bug, reported rather than panicking).
     #[error("device setup: {0}")]
     Devices(String),
+    /// Removable media could not be changed (the message names the image).
+    #[error("{0}")]
+    Media(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
@@ -195,6 +199,61 @@ pub fn create_partition(
             backend_emu::EmuHypervisor.create_partition(&config)?,
         )),
     }
+}
+
+/// Whether a device is a model of real hardware or a paravirtual (synthetic) one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A model of real PC hardware that any guest drives without extra drivers.
+    Emulated,
+    /// A paravirtual device the guest uses once its driver is up.
+    Synthetic,
+}
+
+/// One device the guest currently uses for a job, as the UI lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveDevice {
+    /// The job: "Display", "Storage", "Keyboard and mouse".
+    pub role: &'static str,
+    /// The device model.
+    pub name: &'static str,
+    /// Emulated or synthetic.
+    pub kind: DeviceKind,
+}
+
+/// Why this host's KVM cannot run unmodified guests although it opens, if that is so.
+///
+/// KVM-PVM (the `kvm_pvm` module without `kvm_intel`/`kvm_amd`) runs only paravirtualized
+/// guests: firmware POST works, bootloaders and ordinary kernels stop in its instruction
+/// emulator.
+pub fn kvm_limitation() -> Option<String> {
+    let module = |name: &str| std::path::Path::new("/sys/module").join(name).exists();
+    (cfg!(target_os = "linux") && module("kvm_pvm") && !module("kvm_intel") && !module("kvm_amd"))
+        .then(|| {
+            "this host's KVM is KVM-PVM, which runs only paravirtualized guests; with VT-x or \
+             AMD-V enabled in the firmware setup, KVM runs VMs at full speed"
+                .to_string()
+        })
+}
+
+/// Creates a partition for `Backend::Auto`: KVM when it can run full guests here, the software
+/// CPU otherwise, with a one-line note saying why and how to get hardware virtualization.
+pub fn create_partition_auto(
+    cpus: u32,
+    irqchip: IrqChipMode,
+) -> Result<(Arc<dyn Partition>, Option<String>), MachineError> {
+    let why = match create_partition(Backend::Kvm, cpus, irqchip) {
+        Ok(p) => match kvm_limitation() {
+            None => return Ok((p, None)),
+            Some(why) => why,
+        },
+        Err(e) => format!("KVM is not usable: {e}"),
+    };
+    let partition = create_partition(Backend::Emu, cpus, IrqChipMode::Split)?;
+    Ok((
+        partition,
+        Some(format!("using the software CPU (slower) because {why}")),
+    ))
 }
 
 struct Display {
@@ -345,6 +404,33 @@ impl Machine {
     /// The PS/2 keyboard and mouse.
     pub fn input(&self) -> InputHandle {
         self.display.input.clone()
+    }
+
+    /// The devices serving each job, and whether they are emulated or synthetic.
+    pub fn active_devices(&self) -> Vec<ActiveDevice> {
+        let emulated = |role, name| ActiveDevice {
+            role,
+            name,
+            kind: DeviceKind::Emulated,
+        };
+        vec![
+            emulated("Display", "Standard VGA with Bochs VBE"),
+            emulated("Storage", "PIIX3 IDE"),
+            emulated("Floppy", "82077AA floppy controller"),
+            emulated("Keyboard and mouse", "i8042 PS/2"),
+            emulated("Serial", "16550A UART"),
+        ]
+    }
+
+    /// The drives' activity counters (bytes read and written since start).
+    pub fn drive_activity(&self) -> DriveActivity {
+        self.chipset.activity()
+    }
+
+    /// Puts the image at `path` into the CD-ROM drive (the guest sees a media change), or
+    /// empties the drive with `None`.
+    pub fn change_cdrom(&self, path: Option<&std::path::Path>) -> Result<(), MachineError> {
+        self.chipset.change_cdrom(path).map_err(MachineError::Media)
     }
 
     /// Sends bytes to the guest's first serial port.

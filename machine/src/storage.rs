@@ -14,6 +14,7 @@ use devices::{IrqLine, TimerWaker};
 use hv::Partition;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
@@ -42,10 +43,41 @@ pub enum StorageError {
     },
 }
 
+/// Bytes a class of drives has read and written, for the UI's activity lights.
+#[derive(Debug, Default)]
+pub struct IoCounter {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl IoCounter {
+    /// Bytes read so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// Activity counters of the machine's drives, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct DriveActivity {
+    /// The hard disks.
+    pub disk: Arc<IoCounter>,
+    /// The CD-ROM drive.
+    pub cdrom: Arc<IoCounter>,
+    /// The floppy drive.
+    pub floppy: Arc<IoCounter>,
+}
+
 /// A `disk` image as the device models see it.
 pub struct ImageBackend {
     image: Box<dyn disk::BlockDevice>,
     path: PathBuf,
+    counter: Arc<IoCounter>,
 }
 
 impl ImageBackend {
@@ -60,7 +92,14 @@ impl ImageBackend {
         Ok(Self {
             image,
             path: path.to_path_buf(),
+            counter: Arc::default(),
         })
+    }
+
+    /// Counts this image's traffic in `counter`.
+    pub fn counting(mut self, counter: &Arc<IoCounter>) -> Self {
+        self.counter = counter.clone();
+        self
     }
 
     /// The image file.
@@ -81,9 +120,15 @@ impl BlockBackend for ImageBackend {
         self.image.read_only()
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.counter
+            .read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.image.read_at(offset, buf).map_err(io_error)
     }
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.counter
+            .written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.image.write_at(offset, buf).map_err(io_error)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -130,26 +175,31 @@ pub(crate) fn ide_controller(
     ram: Arc<dyn DmaMemory>,
     primary_irq: IrqLine,
     secondary_irq: IrqLine,
-) -> Result<Piix3Ide, String> {
+    activity: &DriveActivity,
+) -> Result<(Piix3Ide, Option<IdeSlot>), String> {
     let mut ide = Piix3Ide::new(ram, primary_irq, secondary_irq);
     let (disk_slots, cd_slot) =
         ide_layout(config.disks.len(), config.cdrom.is_some()).map_err(|e| e.to_string())?;
     for (path, &(channel, unit)) in config.disks.iter().zip(&disk_slots) {
-        let image = ImageBackend::open(path, false).map_err(|e| e.to_string())?;
+        let image = ImageBackend::open(path, false)
+            .map_err(|e| e.to_string())?
+            .counting(&activity.disk);
         ide.attach(channel, unit, Drive::HardDisk(Box::new(image)))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some((channel, unit)) = cd_slot {
         let media: Option<Box<dyn BlockBackend>> = match &config.cdrom {
             Some(path) => Some(Box::new(
-                ImageBackend::open(path, true).map_err(|e| e.to_string())?,
+                ImageBackend::open(path, true)
+                    .map_err(|e| e.to_string())?
+                    .counting(&activity.cdrom),
             )),
             None => None,
         };
         ide.attach(channel, unit, Drive::Cdrom(media))
             .map_err(|e| e.to_string())?;
     }
-    Ok(ide)
+    Ok((ide, cd_slot))
 }
 
 /// The floppy controller on ISA DMA, with the VM's floppy image (if any) in drive A.
@@ -158,10 +208,13 @@ pub(crate) fn floppy_controller(
     irq: IrqLine,
     dma: Arc<Mutex<Dma8237>>,
     waker: TimerWaker,
+    activity: &DriveActivity,
 ) -> Result<Fdc, String> {
     let mut fdc = Fdc::new(irq, Some(dma), waker);
     if let Some(path) = &config.floppy {
-        let image = open_removable(path).map_err(|e| e.to_string())?;
+        let image = open_removable(path)
+            .map_err(|e| e.to_string())?
+            .counting(&activity.floppy);
         fdc.attach(0, Some(Box::new(image)))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }

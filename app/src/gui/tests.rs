@@ -1,0 +1,382 @@
+//! The desktop app driven through egui_kittest: drops, clicks and keys as a person makes them,
+//! on a library in a scratch folder and real VMs on the software CPU.
+
+use super::*;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use machine::RunState;
+use std::time::{Duration, Instant};
+use vm_library::BackendChoice;
+
+/// The test asset folder (`scripts/fetch-assets.sh` fills it).
+fn assets() -> PathBuf {
+    std::env::var_os("TERRARIUM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"))
+}
+
+fn asset(name: &str) -> PathBuf {
+    let p = assets().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p
+}
+
+/// A fresh folder under the target directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tmp/gui-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn harness(app: TerrariumApp) -> Harness<'static, TerrariumApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1100.0, 800.0))
+        .build_ui_state(|ui, app: &mut TerrariumApp| app.show(ui), app)
+}
+
+fn app_in(dir: &Path) -> TerrariumApp {
+    let mut app = TerrariumApp::new(Library::open(&dir.join("vms")).unwrap());
+    app.firmware = Some(asset("bios.bin"));
+    app
+}
+
+/// A file dropped from the desktop, as egui reports it.
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn drop_file(h: &mut Harness<'_, TerrariumApp>, path: &Path) {
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(DroppedPath(path.to_path_buf())));
+    h.run_steps(2);
+}
+
+/// Runs frames until `done` holds for the app or `limit` passes.
+fn run_until(
+    h: &mut Harness<'_, TerrariumApp>,
+    limit: Duration,
+    done: impl Fn(&TerrariumApp) -> bool,
+) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        h.step();
+        if done(h.state()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Clicks the widget labelled `label` and lets the UI settle for a few frames (a running VM
+/// keeps asking for repaints, so `run` would never settle).
+fn click(h: &mut Harness<'_, TerrariumApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.run_steps(3);
+}
+
+/// True once SeaBIOS's banner is on the first console's screen.
+fn seabios_on_screen(app: &TerrariumApp) -> bool {
+    app.consoles.first().is_some_and(|c| {
+        c.session.screen.texture().is_some()
+            && c.session
+                .machine()
+                .text_screen()
+                .is_some_and(|rows| rows.iter().any(|r| r.contains("SeaBIOS")))
+    })
+}
+
+/// A library VM on the software CPU with `config` tweaks; returns its folder.
+fn make_vm(app: &mut TerrariumApp, name: &str, tweak: impl FnOnce(&mut VmConfig)) -> PathBuf {
+    let mut c = VmConfig::new(name, OsFamily::Other);
+    c.memory_mib = 32;
+    c.backend = BackendChoice::Emu;
+    tweak(&mut c);
+    let entry = app.library.create(c, DiskPlan::None).unwrap();
+    app.reload();
+    entry.dir
+}
+
+#[test]
+fn dropping_an_iso_opens_the_wizard_prefilled_and_creates_the_vm() {
+    let dir = scratch("wizard-drop");
+    let iso = asset("linux.iso");
+    let mut h = harness(app_in(&dir));
+    h.run();
+    h.get_by_label("No virtual machines yet");
+    drop_file(&mut h, &iso);
+
+    let w = h
+        .state()
+        .wizard
+        .as_ref()
+        .expect("the drop opened the wizard");
+    assert_eq!(w.form.os, OsFamily::Linux);
+    assert_eq!(w.form.cdrom, iso.display().to_string());
+    assert_eq!(w.form.boot, vm_library::BootChoice::Cd);
+    assert_eq!(w.disk, wizard::DiskChoice::Create);
+    assert_eq!(w.form.memory_mib, OsFamily::Linux.default_memory_mib());
+    h.get_by_label("Detected");
+    h.get_by_label("qcow2").click();
+    h.run();
+    h.get_by_label("Create").click();
+    h.run();
+
+    assert!(h.state().wizard.is_none(), "{:?}", h.state().wizard);
+    let entries = h.state().library.list();
+    assert_eq!(entries.len(), 1);
+    let c = entries[0].config.as_ref().unwrap();
+    assert_eq!(c.os, OsFamily::Linux);
+    assert_eq!(c.cdrom.as_deref(), Some(iso.as_path()));
+    assert_eq!(c.disks.len(), 1);
+    let disk = c.resolve(&entries[0].dir, &c.disks[0]);
+    let image = disk::open(&disk, &disk::OpenOptions::read_only()).unwrap();
+    assert_eq!(image.info().format, disk::Format::Qcow2);
+    assert_eq!(image.size(), OsFamily::Linux.default_disk_gib() << 30);
+    let toml = std::fs::read_to_string(entries[0].config_path()).unwrap();
+    assert!(toml.contains("os = \"linux\""), "{toml}");
+    // The library lists the new VM.
+    h.get_by_label(&c.name);
+}
+
+#[test]
+fn dropping_a_floppy_or_disk_prefills_their_drives() {
+    let dir = scratch("wizard-floppy");
+    let mut h = harness(app_in(&dir));
+    h.run();
+    drop_file(&mut h, &asset("memtest-floppy.img"));
+    let w = h.state().wizard.as_ref().expect("wizard");
+    assert_eq!(w.form.os, OsFamily::MemTest);
+    assert_eq!(w.form.boot, vm_library::BootChoice::Floppy);
+    assert!(w.form.floppy.ends_with("memtest-floppy.img"));
+    assert_eq!(w.disk, wizard::DiskChoice::None);
+    h.get_by_label("Cancel").click();
+    h.run();
+    assert!(h.state().wizard.is_none());
+
+    drop_file(&mut h, &asset("linux-hdd.img"));
+    let w = h.state().wizard.as_ref().expect("wizard");
+    assert_eq!(w.disk, wizard::DiskChoice::Existing);
+    assert_eq!(w.form.boot, vm_library::BootChoice::Disk);
+    assert!(w.existing_disk.ends_with("linux-hdd.img"));
+    assert_eq!(h.state().library.list().len(), 0, "cancel created nothing");
+}
+
+#[test]
+fn dropping_a_file_that_is_not_an_image_is_refused() {
+    let dir = scratch("wizard-reject");
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "shopping list: eggs, milk\n").unwrap();
+    let mut h = harness(app_in(&dir));
+    h.run();
+    drop_file(&mut h, &notes);
+    assert!(h.state().wizard.is_none());
+    let message = h.state().errors.first().cloned().expect("an error dialog");
+    assert!(message.contains("notes.txt"), "{message}");
+    h.get_by_label("Something went wrong");
+    h.get_by_label("OK").click();
+    h.run();
+    assert!(h.state().errors.is_empty());
+    assert!(h.state().library.list().is_empty());
+}
+
+#[test]
+fn dropping_a_vm_folder_imports_it() {
+    let dir = scratch("import");
+    let elsewhere = Library::open(&dir.join("elsewhere")).unwrap();
+    let e = elsewhere
+        .create(VmConfig::new("Traveller", OsFamily::Dos), DiskPlan::None)
+        .unwrap();
+    let mut h = harness(app_in(&dir));
+    h.run();
+    drop_file(&mut h, &e.dir);
+    h.run();
+    h.get_by_label("Traveller");
+    assert_eq!(h.state().library.list().len(), 1);
+}
+
+#[test]
+fn start_pause_resume_and_power_off() {
+    let dir = scratch("lifecycle");
+    let mut app = app_in(&dir);
+    let vm = make_vm(&mut app, "Lifecycle", |_| {});
+    let mut h = harness(app);
+    h.run();
+    h.get_by_label("Lifecycle").click();
+    h.run();
+    h.get_by_label("Start").click();
+    h.step();
+    assert_eq!(
+        h.state().consoles.len(),
+        1,
+        "errors: {:?}",
+        h.state().errors
+    );
+    assert_eq!(h.state().state_of(&vm), StateIcon::Running);
+    // SeaBIOS draws its banner on the VGA, which the console shows.
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), seabios_on_screen),
+        "no SeaBIOS banner"
+    );
+    assert_eq!(h.state().consoles[0].session.backend, "emu");
+
+    click(&mut h, "Machine");
+    click(&mut h, "Pause");
+    assert_eq!(h.state().consoles[0].session.state, RunState::Paused);
+    assert_eq!(h.state().state_of(&vm), StateIcon::Paused);
+    click(&mut h, "Machine");
+    click(&mut h, "Resume");
+    assert_eq!(h.state().consoles[0].session.state, RunState::Running);
+
+    click(&mut h, "Machine");
+    click(&mut h, "Power off");
+    assert_eq!(h.state().consoles[0].session.state, RunState::Off);
+    assert_eq!(h.state().state_of(&vm), StateIcon::Off);
+    // Turning off left a thumbnail of the last screen for the library.
+    assert!(vm.join(vm_library::THUMBNAIL_FILE).is_file());
+    click(&mut h, "Close");
+    assert!(h.state().consoles.is_empty());
+}
+
+#[test]
+fn a_click_captures_and_the_host_key_releases() {
+    let dir = scratch("capture");
+    let mut app = app_in(&dir);
+    let vm = make_vm(&mut app, "Capture", |c| {
+        c.host_key = vm_library::HostKey::RightCtrl;
+    });
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), seabios_on_screen),
+        "no SeaBIOS banner"
+    );
+    h.get_by_label("Click the screen to capture keyboard and mouse");
+    // Click in the middle of the screen image.
+    let screen = h
+        .get_all_by_role(egui::accesskit::Role::Image)
+        .last()
+        .map(|n| n.rect())
+        .expect("screen image");
+    h.hover_at(screen.center());
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos: screen.center(),
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: Default::default(),
+    });
+    h.event(egui::Event::PointerButton {
+        pos: screen.center(),
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: Default::default(),
+    });
+    h.step();
+    h.step();
+    assert!(h.state().consoles[0].captured, "a click captures");
+    h.get_by_label("Press Right Ctrl to release keyboard and mouse");
+
+    // Other keys go to the guest and keep the capture.
+    h.key_press(egui::Key::A);
+    h.step();
+    assert!(
+        h.state().consoles[0].captured,
+        "other keys keep the capture"
+    );
+    h.key_down(egui::Key::ControlRight);
+    h.step();
+    assert!(!h.state().consoles[0].captured, "the host key releases");
+    h.key_up(egui::Key::ControlRight);
+    h.step();
+    h.get_by_label("Click the screen to capture keyboard and mouse");
+    h.state_mut().consoles[0].session.power_off();
+    h.step();
+}
+
+#[test]
+fn settings_are_saved_and_read_back() {
+    let dir = scratch("settings");
+    let mut app = app_in(&dir);
+    let vm = make_vm(&mut app, "Tweakable", |_| {});
+    let mut h = harness(app);
+    h.run();
+    h.get_by_label("Tweakable").click();
+    h.run();
+    h.get_by_label("Settings…").click();
+    h.run();
+    {
+        let s = h.state_mut().settings.as_mut().expect("settings dialog");
+        s.form.memory_mib = 96;
+        s.form.cpus = 2;
+        s.form.name = "Tweaked".into();
+    }
+    h.run();
+    h.get_by_label("Save").click();
+    h.run();
+    assert!(h.state().settings.is_none());
+    let c = Library::load(&vm).unwrap();
+    assert_eq!((c.memory_mib, c.cpus, c.name.as_str()), (96, 2, "Tweaked"));
+    // A fresh app (a restart) shows the saved values.
+    let mut h = harness(app_in(&dir));
+    h.run();
+    h.get_by_label("Tweaked");
+    h.get_by_label_contains("96 MiB · 2 CPUs");
+}
+
+#[test]
+fn a_missing_disk_image_gives_an_error_dialog() {
+    let dir = scratch("missing-disk");
+    let mut app = app_in(&dir);
+    let gone = dir.join("gone.vhd");
+    make_vm(&mut app, "Diskless", |c| c.disks = vec![gone.clone()]);
+    let mut h = harness(app);
+    h.run();
+    h.get_by_label("Diskless").click();
+    h.run();
+    h.get_by_label("Start").click();
+    h.run();
+    assert!(h.state().consoles.is_empty());
+    let message = h.state().errors.first().cloned().expect("error dialog");
+    assert!(message.contains("gone.vhd"), "{message}");
+    assert!(message.contains("Settings"), "{message}");
+    h.get_by_label("Something went wrong");
+}
+
+#[test]
+fn missing_firmware_and_broken_config_are_shown_not_fatal() {
+    let dir = scratch("broken");
+    let mut app = app_in(&dir);
+    app.firmware = Some(dir.join("no-bios.bin"));
+    let vm = make_vm(&mut app, "Firmwareless", |_| {});
+    let broken = app.library.root().join("Broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join(vm_library::CONFIG_FILE), "name = [oops").unwrap();
+    app.reload();
+    let mut h = harness(app);
+    h.run();
+    // The broken VM is listed with its problem instead of disappearing.
+    h.get_by_label_contains("vm.toml");
+    h.state_mut().start(&vm);
+    h.run();
+    let message = h.state().errors.first().cloned().expect("error dialog");
+    assert!(message.contains("no-bios.bin"), "{message}");
+    assert!(h.state().consoles.is_empty());
+}

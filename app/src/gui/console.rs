@@ -5,7 +5,80 @@ use super::keymap::{pc_key, COMBOS};
 use super::session::Session;
 use machine::{DeviceKind, KeyEvent, MouseButtons, MouseEvent, RunState};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use vm_library::HostKey;
+
+/// How often the screen watcher looks for changes while keyboard and mouse are captured: as
+/// often as the machine renders (60 Hz), so typing and pointing feel immediate.
+const INTERACTIVE_INTERVAL_MS: u64 = 16;
+/// The watcher's interval otherwise: 30 Hz, QEMU's display refresh, at half the drawing cost.
+const WATCHING_INTERVAL_MS: u64 = 33;
+
+/// A thread that asks egui to repaint the console when the guest screen or the drive lights
+/// change, so that an idle VM costs no frames.
+struct ScreenWatcher {
+    stop: Arc<AtomicBool>,
+    interval_ms: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScreenWatcher {
+    fn spawn(ctx: egui::Context, viewport: egui::ViewportId, machine: &machine::Machine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let interval_ms = Arc::new(AtomicU64::new(WATCHING_INTERVAL_MS));
+        let interval = interval_ms.clone();
+        let framebuffer = machine.framebuffer();
+        let activity = machine.drive_activity();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("screen-watch".into())
+            .spawn(move || {
+                let total = || {
+                    [&activity.disk, &activity.cdrom, &activity.floppy]
+                        .iter()
+                        .map(|c| c.read_bytes().wrapping_add(c.written_bytes()))
+                        .fold(0u64, u64::wrapping_add)
+                };
+                let mut last = total();
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(interval.load(Ordering::Relaxed)));
+                    let io = total();
+                    if framebuffer.lock().has_dirty() || io != last {
+                        last = io;
+                        // A non-zero delay asks for one frame; a plain request paints two.
+                        ctx.request_repaint_after_for(Duration::from_nanos(1), viewport);
+                    }
+                }
+            })
+            .ok();
+        Self {
+            stop,
+            interval_ms,
+            thread,
+        }
+    }
+
+    /// Watches at the interactive rate or the watching rate.
+    fn set_interactive(&self, interactive: bool) {
+        let ms = if interactive {
+            INTERACTIVE_INTERVAL_MS
+        } else {
+            WATCHING_INTERVAL_MS
+        };
+        self.interval_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ScreenWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// How the guest screen is fitted into the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +124,9 @@ pub struct Console {
     pub thumbnail_saved: bool,
     /// Frames drawn, for statistics.
     pub frames: u64,
+    watcher: Option<ScreenWatcher>,
+    /// Requests for the app, collected when the console draws in its own window.
+    pub requests: Vec<ConsoleRequest>,
 }
 
 /// The egui key that acts as `key`.
@@ -78,6 +154,8 @@ impl Console {
             buttons: MouseButtons::default(),
             thumbnail_saved: false,
             frames: 0,
+            watcher: None,
+            requests: Vec::new(),
         }
     }
 
@@ -147,8 +225,23 @@ impl Console {
             self.close_dialog(&ctx, &mut requests);
         }
         if self.session.is_on() {
-            // The machine redraws at 60 Hz; follow it.
-            ctx.request_repaint_after(std::time::Duration::from_millis(16));
+            if self.watcher.is_none() {
+                let viewport = ctx.viewport_id();
+                self.watcher = Some(ScreenWatcher::spawn(
+                    ctx.clone(),
+                    viewport,
+                    self.session.machine(),
+                ));
+            }
+            if let Some(w) = &self.watcher {
+                w.set_interactive(self.captured);
+            }
+            // Screen changes come from the watcher; the clock, the lights going out and serial
+            // output need a slower beat.
+            let beat = if self.show_serial { 100 } else { 500 };
+            ctx.request_repaint_after(Duration::from_millis(beat));
+        } else {
+            self.watcher = None;
         }
         requests
     }

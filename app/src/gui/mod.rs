@@ -20,6 +20,7 @@ use media_detect::OsFamily;
 use session::Session;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use vm_library::{BackendChoice, DiskPlan, Library, VmConfig, VmEntry};
 use wizard::{Wizard, WizardOutcome};
@@ -37,7 +38,7 @@ pub struct GuiOptions {
 pub fn run(options: GuiOptions) -> anyhow::Result<i32> {
     let library = Library::open_default()?;
     let mut app = TerrariumApp::new(library);
-    app.firmware = std::env::var_os("TERRARIUM_FIRMWARE").map(PathBuf::from);
+    app.firmware = firmware_override();
     app.offer_demo();
     if let Some(name) = &options.start {
         app.reload();
@@ -107,7 +108,9 @@ pub struct TerrariumApp {
     library: Library,
     entries: Vec<VmEntry>,
     selected: Option<PathBuf>,
-    consoles: Vec<Console>,
+    /// Running VMs. Each console draws in its own deferred viewport, so a guest screen update
+    /// repaints only its window, not the library.
+    consoles: Vec<Arc<Mutex<Console>>>,
     wizard: Option<Wizard>,
     settings: Option<SettingsDialog>,
     confirm_remove: Option<PathBuf>,
@@ -121,6 +124,26 @@ pub struct TerrariumApp {
     frames: u64,
     /// When the first frame was drawn.
     cpu_started: Option<std::time::Instant>,
+    /// When the statistics file was last written.
+    stats_written: Option<std::time::Instant>,
+}
+
+/// The BIOS to use instead of the system's SeaBIOS: `TERRARIUM_FIRMWARE`, or, when the seabios
+/// package is not installed, the copy a development checkout keeps with its test assets.
+fn firmware_override() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TERRARIUM_FIRMWARE") {
+        return Some(PathBuf::from(p));
+    }
+    if machine::firmware::find_default().is_ok() {
+        return None;
+    }
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets/bios.bin");
+    dev.is_file().then_some(dev)
+}
+
+/// Locks a console; a panic while drawing it must not take the app down with it.
+fn lock(console: &Mutex<Console>) -> MutexGuard<'_, Console> {
+    console.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where the demo ISO (a small Linux made from Debian packages) may be.
@@ -159,6 +182,7 @@ impl TerrariumApp {
             firmware: None,
             frames: 0,
             cpu_started: None,
+            stats_written: None,
         };
         app.reload();
         app
@@ -216,13 +240,15 @@ impl TerrariumApp {
     }
 
     fn console_index(&self, dir: &Path) -> Option<usize> {
-        self.consoles.iter().position(|c| c.session.dir == dir)
+        self.consoles
+            .iter()
+            .position(|c| lock(c).session.dir == dir)
     }
 
     /// Starts the VM in `dir` (or focuses its console when it runs already).
     pub fn start(&mut self, dir: &Path) {
         if let Some(i) = self.console_index(dir) {
-            if self.consoles[i].session.is_on() {
+            if lock(&self.consoles[i]).session.is_on() {
                 return;
             }
             self.consoles.remove(i);
@@ -235,7 +261,7 @@ impl TerrariumApp {
             }
         };
         match Session::start(dir, &config, self.firmware.as_deref()) {
-            Ok(s) => self.consoles.push(Console::new(s)),
+            Ok(s) => self.consoles.push(Arc::new(Mutex::new(Console::new(s)))),
             Err(e) => self
                 .errors
                 .push(format!("cannot start {}: {e}", config.name)),
@@ -245,7 +271,7 @@ impl TerrariumApp {
     fn state_of(&self, dir: &Path) -> StateIcon {
         match self
             .console_index(dir)
-            .map(|i| self.consoles[i].session.state)
+            .map(|i| lock(&self.consoles[i]).session.state)
         {
             Some(machine::RunState::Running | machine::RunState::Created) => StateIcon::Running,
             Some(machine::RunState::Paused) => StateIcon::Paused,
@@ -258,6 +284,13 @@ impl TerrariumApp {
         let ctx = ui.ctx().clone();
         self.frames += 1;
         self.cpu_started.get_or_insert_with(std::time::Instant::now);
+        let due = self
+            .stats_written
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if self.stats_file.is_some() && due {
+            self.stats_written = Some(std::time::Instant::now());
+            self.write_stats();
+        }
         self.handle_library_drops(&ctx);
         self.library_view(ui);
         self.show_consoles(&ctx);
@@ -268,6 +301,10 @@ impl TerrariumApp {
     }
 
     fn handle_library_drops(&mut self, ctx: &egui::Context) {
+        // Embedded consoles share the library's input: a drop then belongs to the console.
+        if ctx.embed_viewports() && self.consoles.iter().any(|c| lock(c).session.is_on()) {
+            return;
+        }
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -322,7 +359,7 @@ impl TerrariumApp {
                 let running = selected
                     .as_deref()
                     .and_then(|d| self.console_index(d))
-                    .is_some_and(|i| self.consoles[i].session.is_on());
+                    .is_some_and(|i| lock(&self.consoles[i]).session.is_on());
                 if ui
                     .add_enabled(has && !running, egui::Button::new("Settings…"))
                     .clicked()
@@ -432,10 +469,13 @@ impl TerrariumApp {
         let state = self.state_of(&entry.dir);
         let state_icon = self.icons.state(&ctx, state);
         // A running VM shows its live screen; others the screen they were left at.
-        let live = self
-            .console_index(&entry.dir)
-            .filter(|&i| self.consoles[i].session.is_on())
-            .and_then(|i| self.consoles[i].session.screen.texture().cloned());
+        let live = self.console_index(&entry.dir).and_then(|i| {
+            let c = lock(&self.consoles[i]);
+            c.session
+                .is_on()
+                .then(|| c.session.screen.texture().cloned())
+                .flatten()
+        });
         let thumb = live.or_else(|| self.thumbnail(&ctx, entry));
         let row = ui.horizontal(|ui| {
             ui.add(egui::Image::new((icon.id(), egui::vec2(48.0, 48.0))));
@@ -659,41 +699,61 @@ impl TerrariumApp {
     }
 
     fn show_consoles(&mut self, ctx: &egui::Context) {
-        let mut closed = Vec::new();
-        let mut restart = Vec::new();
-        let mut errors = Vec::new();
-        let mut cd_changes = Vec::new();
-        for (i, console) in self.consoles.iter_mut().enumerate() {
-            let id = egui::ViewportId::from_hash_of(("console", &console.session.dir));
+        for console in &self.consoles {
+            let (id, title) = {
+                let c = lock(console);
+                (
+                    egui::ViewportId::from_hash_of(("console", &c.session.dir)),
+                    c.title(),
+                )
+            };
             let builder = egui::ViewportBuilder::default()
-                .with_title(console.title())
+                .with_title(title)
                 .with_inner_size([820.0, 680.0])
                 .with_position([280.0, 120.0])
                 .with_drag_and_drop(true);
-            let requests = ctx.show_viewport_immediate(id, builder, |ui, _class| {
+            let shared = console.clone();
+            ctx.show_viewport_deferred(id, builder, move |ui, _class| {
+                let mut c = lock(&shared);
+                let mut requests = Vec::new();
                 if ui.ctx().input(|i| i.viewport().close_requested()) {
-                    if console.session.is_on() {
+                    if c.session.is_on() {
                         ui.ctx()
                             .send_viewport_cmd(egui::ViewportCommand::CancelClose);
-                        console.confirm_close = true;
+                        c.confirm_close = true;
                     } else {
-                        return vec![ConsoleRequest::Close];
+                        requests.push(ConsoleRequest::Close);
                     }
                 }
-                console.show(ui)
+                requests.extend(c.show(ui));
+                if !requests.is_empty() {
+                    c.requests.extend(requests);
+                    ui.ctx().request_repaint_of(egui::ViewportId::ROOT);
+                }
             });
-            for r in requests {
+        }
+        let mut closed = Vec::new();
+        let mut restart = Vec::new();
+        let mut cd_changes = Vec::new();
+        for (i, console) in self.consoles.iter().enumerate() {
+            let mut c = lock(console);
+            for r in std::mem::take(&mut c.requests) {
                 match r {
                     ConsoleRequest::Close => closed.push(i),
-                    ConsoleRequest::Restart => restart.push(console.session.dir.clone()),
-                    ConsoleRequest::Error(e) => errors.push(e),
-                    ConsoleRequest::CdChanged(p) => {
-                        cd_changes.push((console.session.dir.clone(), p))
-                    }
+                    ConsoleRequest::Restart => restart.push(c.session.dir.clone()),
+                    ConsoleRequest::Error(e) => self.errors.push(e),
+                    ConsoleRequest::CdChanged(p) => cd_changes.push((c.session.dir.clone(), p)),
+                }
+            }
+            // Thumbnails are saved as a VM turns off, while its last screen is still there.
+            if !c.session.is_on() && !c.thumbnail_saved {
+                c.thumbnail_saved = true;
+                let path = c.session.dir.join(vm_library::THUMBNAIL_FILE);
+                if let Err(e) = c.session.save_thumbnail(&path) {
+                    tracing::warn!("{e}");
                 }
             }
         }
-        self.errors.extend(errors);
         for (dir, cd) in cd_changes {
             match Library::load(&dir) {
                 Ok(mut c) => {
@@ -705,23 +765,14 @@ impl TerrariumApp {
                 Err(e) => self.errors.push(e.to_string()),
             }
         }
-        // Thumbnails are saved as a VM turns off, while its last screen is still there.
-        for c in &mut self.consoles {
-            if !c.session.is_on() && !c.thumbnail_saved {
-                c.thumbnail_saved = true;
-                let path = c.session.dir.join(vm_library::THUMBNAIL_FILE);
-                if let Err(e) = c.session.save_thumbnail(&path) {
-                    tracing::warn!("{e}");
-                }
-            }
-        }
-        if self.consoles.iter().any(|c| c.session.is_on()) {
-            // Keep the library's live thumbnails moving.
+        if self.consoles.iter().any(|c| lock(c).session.is_on()) {
+            // Keep the library's live thumbnails and run states moving.
             ctx.request_repaint_after_for(
-                std::time::Duration::from_millis(500),
+                std::time::Duration::from_secs(1),
                 egui::ViewportId::ROOT,
             );
         }
+        closed.dedup();
         for i in closed.into_iter().rev() {
             self.consoles.remove(i);
         }
@@ -730,18 +781,25 @@ impl TerrariumApp {
         }
     }
 
-    /// Powers off every VM (saving thumbnails) and writes statistics; called on exit.
+    /// Powers off every VM (saving thumbnails) and writes the statistics; called on exit.
     pub fn shut_down(&mut self) {
-        for c in &mut self.consoles {
+        for c in &self.consoles {
+            let mut c = lock(c);
             let path = c.session.dir.join(vm_library::THUMBNAIL_FILE);
             if c.session.is_on() {
                 let _ = c.session.save_thumbnail(&path);
             }
             c.session.power_off();
         }
+        self.write_stats();
+    }
+
+    /// Writes frame and texture-upload counts to the statistics file, if there is one.
+    fn write_stats(&self) {
         if let Some(path) = &self.stats_file {
             let (uploads, pixels, console_frames) =
                 self.consoles.iter().fold((0, 0, 0), |(u, p, f), c| {
+                    let c = lock(c);
                     (
                         u + c.session.screen.uploads,
                         p + c.session.screen.uploaded_pixels,

@@ -91,9 +91,15 @@ fn click(h: &mut Harness<'_, TerrariumApp>, label: &str) {
     h.run_steps(3);
 }
 
+/// The first console.
+fn console(app: &TerrariumApp) -> MutexGuard<'_, Console> {
+    lock(app.consoles.first().expect("a console"))
+}
+
 /// True once SeaBIOS's banner is on the first console's screen.
 fn seabios_on_screen(app: &TerrariumApp) -> bool {
     app.consoles.first().is_some_and(|c| {
+        let c = lock(c);
         c.session.screen.texture().is_some()
             && c.session
                 .machine()
@@ -234,19 +240,19 @@ fn start_pause_resume_and_power_off() {
         run_until(&mut h, Duration::from_secs(60), seabios_on_screen),
         "no SeaBIOS banner"
     );
-    assert_eq!(h.state().consoles[0].session.backend, "emu");
+    assert_eq!(console(h.state()).session.backend, "emu");
 
     click(&mut h, "Machine");
     click(&mut h, "Pause");
-    assert_eq!(h.state().consoles[0].session.state, RunState::Paused);
+    assert_eq!(console(h.state()).session.state, RunState::Paused);
     assert_eq!(h.state().state_of(&vm), StateIcon::Paused);
     click(&mut h, "Machine");
     click(&mut h, "Resume");
-    assert_eq!(h.state().consoles[0].session.state, RunState::Running);
+    assert_eq!(console(h.state()).session.state, RunState::Running);
 
     click(&mut h, "Machine");
     click(&mut h, "Power off");
-    assert_eq!(h.state().consoles[0].session.state, RunState::Off);
+    assert_eq!(console(h.state()).session.state, RunState::Off);
     assert_eq!(h.state().state_of(&vm), StateIcon::Off);
     // Turning off left a thumbnail of the last screen for the library.
     assert!(vm.join(vm_library::THUMBNAIL_FILE).is_file());
@@ -291,23 +297,20 @@ fn a_click_captures_and_the_host_key_releases() {
     });
     h.step();
     h.step();
-    assert!(h.state().consoles[0].captured, "a click captures");
+    assert!(console(h.state()).captured, "a click captures");
     h.get_by_label("Press Right Ctrl to release keyboard and mouse");
 
     // Other keys go to the guest and keep the capture.
     h.key_press(egui::Key::A);
     h.step();
-    assert!(
-        h.state().consoles[0].captured,
-        "other keys keep the capture"
-    );
+    assert!(console(h.state()).captured, "other keys keep the capture");
     h.key_down(egui::Key::ControlRight);
     h.step();
-    assert!(!h.state().consoles[0].captured, "the host key releases");
+    assert!(!console(h.state()).captured, "the host key releases");
     h.key_up(egui::Key::ControlRight);
     h.step();
     h.get_by_label("Click the screen to capture keyboard and mouse");
-    h.state_mut().consoles[0].session.power_off();
+    console(h.state()).session.power_off();
     h.step();
 }
 
@@ -379,4 +382,35 @@ fn missing_firmware_and_broken_config_are_shown_not_fatal() {
     let message = h.state().errors.first().cloned().expect("error dialog");
     assert!(message.contains("no-bios.bin"), "{message}");
     assert!(h.state().consoles.is_empty());
+}
+
+#[test]
+fn dropping_an_iso_on_a_running_vm_inserts_it_in_the_cd_drive() {
+    let dir = scratch("cd-drop");
+    let mut app = app_in(&dir);
+    let vm = make_vm(&mut app, "Changer", |_| {});
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), seabios_on_screen),
+        "no SeaBIOS banner"
+    );
+    let iso = asset("linux.iso");
+    drop_file(&mut h, &iso);
+    assert!(h.state().wizard.is_none(), "the drop went to the console");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // The CD stays in the VM's settings for the next start.
+    let c = Library::load(&vm).unwrap();
+    assert_eq!(c.cdrom.as_deref(), Some(iso.as_path()));
+    // A disk image is not a CD: refused with a reason, the drive keeps the ISO.
+    drop_file(&mut h, &asset("linux-hdd.img"));
+    let message = h.state().errors.first().cloned().expect("error dialog");
+    assert!(message.contains("not a CD image"), "{message}");
+    assert_eq!(
+        Library::load(&vm).unwrap().cdrom.as_deref(),
+        Some(iso.as_path())
+    );
+    console(h.state()).session.power_off();
+    h.step();
 }

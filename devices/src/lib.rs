@@ -2,7 +2,7 @@
 //!
 //! Every device implements [`Device`] and says which capabilities it has: port I/O
 //! ([`PortIo`]), MMIO ([`Mmio`]), PCI configuration space ([`PciFunction`]), timed work
-//! ([`Poll`]). Interrupt outputs are [`IrqLine`]s handed to the device when it is built.
+//! ([`Poll`]), saved state ([`saved_state::SaveRestore`]). Interrupt outputs are [`IrqLine`]s handed to the device when it is built.
 //! The [`bus`] module dispatches accesses by sorted address ranges.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,6 +29,7 @@ pub mod piix4_pm;
 pub mod pit;
 pub mod router;
 pub mod rtc;
+pub mod saved_state;
 pub mod system_control;
 pub mod uart;
 pub mod vga;
@@ -54,6 +55,10 @@ pub trait Device: Send {
     }
     /// Timed-work capability.
     fn poll(&mut self) -> Option<&mut dyn Poll> {
+        None
+    }
+    /// Save/restore capability (snapshots and saved state).
+    fn save_restore(&mut self) -> Option<&mut dyn saved_state::SaveRestore> {
         None
     }
     /// Returns the device to its power-on state (machine reset).

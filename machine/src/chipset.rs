@@ -316,6 +316,52 @@ impl Chipset {
         })
     }
 
+    /// Every device's saved state (the machine must be paused).
+    pub fn save_devices(&self) -> Vec<devices::saved_state::SavedState> {
+        let mut out = Vec::new();
+        for d in &self.devices {
+            let mut d = lock(d);
+            if let Some(sr) = d.save_restore() {
+                out.push(sr.save());
+            }
+        }
+        out
+    }
+
+    /// Restores every device from `states` (matched by device name); refuses states for
+    /// devices this machine lacks and devices without a state.
+    pub fn restore_devices(
+        &self,
+        states: &[devices::saved_state::SavedState],
+    ) -> Result<(), crate::saved::SavedStateError> {
+        use crate::saved::SavedStateError;
+        let mut used = vec![false; states.len()];
+        for d in &self.devices {
+            let mut d = lock(d);
+            let name = d.name().to_string();
+            let Some(sr) = d.save_restore() else { continue };
+            let Some(i) = states
+                .iter()
+                .enumerate()
+                .position(|(i, st)| !used[i] && st.device == name)
+            else {
+                return Err(SavedStateError::Mismatch(format!(
+                    "it has no state for the {name} device"
+                )));
+            };
+            used[i] = true;
+            sr.restore(&states[i])?;
+        }
+        if let Some(i) = used.iter().position(|u| !u) {
+            return Err(SavedStateError::Mismatch(format!(
+                "it holds state for a {} device this VM does not have",
+                states[i].device
+            )));
+        }
+        lock(&self.pci).update_windows();
+        Ok(())
+    }
+
     /// The drives' activity counters.
     pub fn activity(&self) -> DriveActivity {
         self.activity.clone()

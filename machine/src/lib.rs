@@ -12,6 +12,7 @@ pub mod chipset;
 pub mod firmware;
 pub mod linux;
 pub mod memory;
+pub mod saved;
 pub mod screenshot;
 pub mod storage;
 mod vcpu;
@@ -121,6 +122,9 @@ pub enum MachineError {
     /// Device assembly problem (a bug, reported rather than panicking).
     #[error("device setup: {0}")]
     Devices(String),
+    /// Saved state could not be written or used.
+    #[error(transparent)]
+    SavedState(#[from] saved::SavedStateError),
     /// Removable media could not be changed (the message names the image).
     #[error("{0}")]
     Media(String),
@@ -275,6 +279,87 @@ pub struct Machine {
 impl Machine {
     /// Builds the machine on `partition` (created for `config.cpus` processors).
     pub fn new(config: MachineConfig, partition: Arc<dyn Partition>) -> Result<Self, MachineError> {
+        Self::build(config, partition, None)
+    }
+
+    /// Builds the machine from the saved state in `dir` (see [`Machine::save_state`]) instead
+    /// of powering it on: RAM is mapped privately from the RAM file, devices and processors
+    /// continue where they were. `config` must describe the same machine (memory, CPUs,
+    /// drives, with the disks as they were when the state was saved).
+    pub fn restore(
+        config: MachineConfig,
+        partition: Arc<dyn Partition>,
+        dir: &std::path::Path,
+    ) -> Result<Self, MachineError> {
+        let state = saved::MachineStateV1::read(&dir.join(saved::STATE_FILE))?;
+        if state.memory_mib != config.memory_mib {
+            return Err(saved::SavedStateError::Mismatch(format!(
+                "it has {} MiB of memory, the VM {} MiB",
+                state.memory_mib, config.memory_mib
+            ))
+            .into());
+        }
+        if state.vcpus.len() != config.cpus as usize {
+            return Err(saved::SavedStateError::Mismatch(format!(
+                "it has {} processors, the VM {}",
+                state.vcpus.len(),
+                config.cpus
+            ))
+            .into());
+        }
+        let vcpus = state
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.to_runtime(i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| saved::SavedStateError::Corrupt {
+                path: dir.join(saved::STATE_FILE),
+                reason,
+            })?;
+        let memory = MemoryMap::from_file(config.memory_mib << 20, &dir.join(saved::RAM_FILE))?;
+        let machine = Self::build(config, partition, Some(memory))?;
+        machine.chipset.restore_devices(&state.devices)?;
+        machine.control.set_restored(vcpus);
+        Ok(machine)
+    }
+
+    /// Saves the machine's state into `dir` (created if needed): `state.bin` with every
+    /// processor and device, and `ram.bin`. The machine must be paused; it stays paused. Each
+    /// file is written under a temporary name and renamed, so a failure (a full disk) leaves
+    /// an earlier state in `dir` whole and the machine untouched.
+    pub fn save_state(&self, dir: &std::path::Path) -> Result<(), MachineError> {
+        let vcpus = self
+            .control
+            .capture_vcpus()
+            .map_err(saved::SavedStateError::Vcpu)?;
+        let state = saved::MachineStateV1 {
+            memory_mib: self.config.memory_mib,
+            vcpus: vcpus.iter().map(saved::VpStateV1::from).collect(),
+            devices: self.chipset.save_devices(),
+        };
+        std::fs::create_dir_all(dir).map_err(|source| saved::SavedStateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let memory = self.control.memory().ok_or_else(|| {
+            saved::SavedStateError::Vcpu("the machine has no memory attached".into())
+        })?;
+        saved::write_file_atomic(&dir.join(saved::RAM_FILE), |f| {
+            let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
+            memory.save(&mut w)?;
+            std::io::Write::flush(&mut w)
+        })?;
+        state.write(&dir.join(saved::STATE_FILE))?;
+        Ok(())
+    }
+
+    fn build(
+        config: MachineConfig,
+        partition: Arc<dyn Partition>,
+        restored_memory: Option<MemoryMap>,
+    ) -> Result<Self, MachineError> {
+        let restoring = restored_memory.is_some();
         let (min, max) = MEMORY_RANGE_MIB;
         if !(min..=max).contains(&config.memory_mib) {
             return Err(MachineError::MemorySize(config.memory_mib));
@@ -283,7 +368,10 @@ impl Machine {
             return Err(MachineError::CpuCount(config.cpus));
         }
         let mut config = config;
-        let memory = MemoryMap::new(config.memory_mib << 20)?;
+        let memory = match restored_memory {
+            Some(m) => m,
+            None => MemoryMap::new(config.memory_mib << 20)?,
+        };
         let firmware_path = match (&config.linux, &config.firmware) {
             (Some(_), _) => None,
             (None, Some(p)) => Some(p.clone()),
@@ -306,7 +394,12 @@ impl Machine {
         let (tx, rx) = channel();
         let control = Arc::new(Control::new(config.cpus, tx.clone()));
         if let Some(boot) = &config.linux {
-            let kernel = linux::load(&memory, boot, config.cpus)?;
+            // A restored machine keeps its RAM; the kernel is loaded again only on reset.
+            let kernel = if restoring {
+                linux::load(&MemoryMap::new(config.memory_mib << 20)?, boot, config.cpus)?
+            } else {
+                linux::load(&memory, boot, config.cpus)?
+            };
             control.set_linux(boot.clone(), kernel);
         }
         let chipset = Chipset::new(&config, &memory, partition.clone(), tx, control.clone())
@@ -318,7 +411,9 @@ impl Machine {
         }
         if let Some(b) = &bios {
             partition.map_memory(slot, b.region.clone(), true)?;
-            b.load_low_alias(&memory);
+            if !restoring {
+                b.load_low_alias(&memory);
+            }
         }
         let display = Display {
             framebuffer: chipset.framebuffer(),

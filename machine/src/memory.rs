@@ -2,8 +2,11 @@
 //! is RAM, as after SeaBIOS unlocks the PAM registers), the PCI hole below 4 GiB, RAM above
 //! 4 GiB, and the BIOS image mapped read-only just below 4 GiB.
 
+use std::path::Path;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MemoryRegionAddress};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+};
 
 /// End of conventional memory; 0xA0000–0xBFFFF is the legacy video window (MMIO).
 pub const LOW_RAM_END: u64 = 0xa_0000;
@@ -51,18 +54,122 @@ fn region(start: u64, size: u64) -> Result<Arc<GuestRegionMmap>, MemoryError> {
         })
 }
 
+/// A RAM region at guest `start` of `size` bytes mapped privately from `file` at `offset`.
+#[cfg(unix)]
+fn private_file_region(
+    file: &std::fs::File,
+    offset: u64,
+    start: u64,
+    size: u64,
+) -> Result<Arc<GuestRegionMmap>, String> {
+    let clone = file.try_clone().map_err(|e| e.to_string())?;
+    let mapping = vm_memory::MmapRegion::build(
+        Some(vm_memory::FileOffset::new(clone, offset)),
+        size as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+    )
+    .map_err(|e| e.to_string())?;
+    GuestRegionMmap::new(mapping, GuestAddress(start))
+        .map(Arc::new)
+        .ok_or_else(|| "invalid guest region".to_string())
+}
+
+/// Without private file mappings the region is read into anonymous memory.
+#[cfg(not(unix))]
+fn private_file_region(
+    file: &std::fs::File,
+    offset: u64,
+    start: u64,
+    size: u64,
+) -> Result<Arc<GuestRegionMmap>, String> {
+    use std::io::{Read, Seek};
+    let r = region(start, size).map_err(|e| e.to_string())?;
+    let mut f = file.try_clone().map_err(|e| e.to_string())?;
+    f.seek(std::io::SeekFrom::Start(offset))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(buf.len() as u64) as usize;
+        f.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
+        r.write_slice(&buf[..n], MemoryRegionAddress(done))
+            .map_err(|e| e.to_string())?;
+        done += n as u64;
+    }
+    Ok(r)
+}
+
 impl MemoryMap {
     /// Lays out `ram_size` bytes of RAM (at least 1 MiB).
     pub fn new(ram_size: u64) -> Result<Self, MemoryError> {
+        let ram = Self::new_layout(ram_size)
+            .into_iter()
+            .map(|(start, size)| region(start, size))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::assemble(ram_size, ram)
+    }
+
+    /// Lays out `ram_size` bytes of RAM whose contents come from `file` (the regions back to
+    /// back, as [`MemoryMap::save`] writes them), mapped privately: pages load when first
+    /// touched and guest writes never reach the file.
+    pub fn from_file(ram_size: u64, file: &Path) -> Result<Self, MemoryError> {
+        let err = |reason: String| MemoryError::Allocate {
+            mib: ram_size >> 20,
+            reason,
+        };
+        let f = std::fs::File::open(file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+        let len = f
+            .metadata()
+            .map_err(|e| err(format!("{}: {e}", file.display())))?
+            .len();
+        let layout = Self::new_layout(ram_size);
+        let expected: u64 = layout.iter().map(|&(_, size)| size).sum();
+        if len != expected {
+            return Err(err(format!(
+                "{} holds {len} bytes of RAM, the VM has {expected}",
+                file.display()
+            )));
+        }
+        let mut ram = Vec::new();
+        let mut offset = 0u64;
+        for (start, size) in layout {
+            ram.push(private_file_region(&f, offset, start, size).map_err(err)?);
+            offset += size;
+        }
+        Self::assemble(ram_size, ram)
+    }
+
+    /// Writes all RAM to `out`, region after region.
+    pub fn save(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 4 << 20];
+        for r in &self.ram {
+            let len = r.len();
+            let mut off = 0u64;
+            while off < len {
+                let n = (len - off).min(buf.len() as u64) as usize;
+                r.read_slice(&mut buf[..n], MemoryRegionAddress(off))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                out.write_all(&buf[..n])?;
+                off += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// The RAM regions (start, size) for `ram_size` bytes.
+    fn new_layout(ram_size: u64) -> Vec<(u64, u64)> {
         let below_4g = ram_size.min(PCI_HOLE_START);
         let above_4g = ram_size - below_4g;
-        let mut ram = vec![
-            region(0, LOW_RAM_END)?,
-            region(SHADOW_START, below_4g - SHADOW_START)?,
-        ];
+        let mut v = vec![(0, LOW_RAM_END), (SHADOW_START, below_4g - SHADOW_START)];
         if above_4g > 0 {
-            ram.push(region(FOUR_GIB, above_4g)?);
+            v.push((FOUR_GIB, above_4g));
         }
+        v
+    }
+
+    fn assemble(ram_size: u64, ram: Vec<Arc<GuestRegionMmap>>) -> Result<Self, MemoryError> {
+        let below_4g = ram_size.min(PCI_HOLE_START);
         let guest =
             GuestMemoryMmap::from_arc_regions(ram.clone()).map_err(|e| MemoryError::Allocate {
                 mib: ram_size >> 20,
@@ -73,7 +180,7 @@ impl MemoryMap {
             ram,
             guest,
             below_4g,
-            above_4g,
+            above_4g: ram_size - below_4g,
         })
     }
 
@@ -94,7 +201,7 @@ impl MemoryMap {
         for r in &self.ram {
             let zero = vec![0u8; 1 << 20];
             let mut off = 0u64;
-            let len = vm_memory::GuestMemoryRegion::len(r.as_ref());
+            let len = r.len();
             while off < len {
                 let n = (len - off).min(zero.len() as u64) as usize;
                 let _ = r.write_slice(&zero[..n], MemoryRegionAddress(off));

@@ -5,7 +5,7 @@ use crate::chipset::Chipset;
 use crate::linux::{self, LinuxBoot, LoadedKernel};
 use crate::memory::{BiosRom, MemoryMap};
 use crate::{MachineEvent, OffReason, RunState};
-use hv::{StopHandle, StopReason, VirtualProcessor};
+use hv::{StopHandle, StopReason, VirtualProcessor, VpState};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
@@ -15,6 +15,10 @@ struct Inner {
     generation: u64,
     parked: u32,
     off: Option<OffReason>,
+    /// Bumped to ask every parked vCPU for its state.
+    capture: u64,
+    /// The states handed in for the current capture, by vCPU index.
+    captured: Vec<Option<Result<VpState, String>>>,
 }
 
 /// What the machine's threads need besides the lifecycle state.
@@ -33,12 +37,18 @@ pub(crate) struct Control {
     stops: OnceLock<Vec<Arc<StopHandle>>>,
     parts: OnceLock<Parts>,
     linux: OnceLock<(LinuxBoot, LoadedKernel)>,
+    /// Processor states to start from instead of power-on (a restored machine).
+    restored: OnceLock<Vec<VpState>>,
 }
 
 enum Gate {
     Quit,
     Run { reset: bool },
+    Capture,
 }
+
+/// How long a state capture waits for the vCPUs to hand in their state.
+const CAPTURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Control {
     pub(crate) fn new(vcpus: u32, events: Sender<MachineEvent>) -> Self {
@@ -49,6 +59,8 @@ impl Control {
                 generation: 0,
                 parked: 0,
                 off: None,
+                capture: 0,
+                captured: Vec::new(),
             }),
             cv: Condvar::new(),
             vcpus,
@@ -56,7 +68,52 @@ impl Control {
             stops: OnceLock::new(),
             parts: OnceLock::new(),
             linux: OnceLock::new(),
+            restored: OnceLock::new(),
         }
+    }
+
+    /// Makes the vCPUs start from `states` (one per vCPU) instead of their power-on state.
+    pub(crate) fn set_restored(&self, states: Vec<VpState>) {
+        let _ = self.restored.set(states);
+    }
+
+    /// Reads every vCPU's state; the machine must be paused. Each parked vCPU thread reads its
+    /// own processor and hands the state in.
+    pub(crate) fn capture_vcpus(&self) -> Result<Vec<VpState>, String> {
+        let mut g = self.lock();
+        if g.state != RunState::Paused {
+            return Err("the machine must be paused".into());
+        }
+        g.capture += 1;
+        g.captured = vec![None; self.vcpus as usize];
+        self.cv.notify_all();
+        let deadline = std::time::Instant::now() + CAPTURE_TIMEOUT;
+        while g.captured.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err("the vCPUs did not answer in time".into());
+            }
+            g = self
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if g.state == RunState::Off {
+                return Err("the machine turned off".into());
+            }
+        }
+        std::mem::take(&mut g.captured)
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err("missing".into())))
+            .collect()
+    }
+
+    fn hand_in(&self, index: u32, state: Result<VpState, String>) {
+        let mut g = self.lock();
+        if let Some(slot) = g.captured.get_mut(index as usize) {
+            *slot = Some(state);
+        }
+        self.cv.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -82,6 +139,11 @@ impl Control {
     /// Remembers the direct-boot kernel so a reset can load it again.
     pub(crate) fn set_linux(&self, boot: LinuxBoot, kernel: LoadedKernel) {
         let _ = self.linux.set((boot, kernel));
+    }
+
+    /// Guest RAM, once attached.
+    pub(crate) fn memory(&self) -> Option<&MemoryMap> {
+        self.parts.get().map(|p| &p.memory)
     }
 
     pub(crate) fn run_state(&self) -> RunState {
@@ -177,11 +239,17 @@ impl Control {
         self.emit(MachineEvent::Reset { cause });
     }
 
-    fn wait_runnable(&self, generation: &mut u64) -> Gate {
+    fn wait_runnable(&self, generation: &mut u64, capture: &mut u64) -> Gate {
         let mut g = self.lock();
         loop {
             if g.state == RunState::Off {
                 return Gate::Quit;
+            }
+            if g.capture != *capture {
+                *capture = g.capture;
+                if g.state == RunState::Paused {
+                    return Gate::Capture;
+                }
             }
             if let Some(cause) = g.reset_pending {
                 g.parked += 1;
@@ -238,14 +306,27 @@ fn vcpu_loop(control: Arc<Control>, mut vp: Box<dyn VirtualProcessor>) {
     };
     let io = parts.chipset.io();
     let mut generation = 0;
-    if index == 0 {
+    let mut capture = 0;
+    if let Some(states) = control.restored.get() {
+        let r = match states.get(index as usize) {
+            Some(s) => vp.set_state(s).map_err(|e| e.to_string()),
+            None => Err("the saved state has no state for it".into()),
+        };
+        if let Err(e) = r {
+            control.power_off(OffReason::Error(format!("vCPU {index} restore: {e}")));
+        }
+    } else if index == 0 {
         if let Err(e) = enter_kernel(&control, vp.as_mut()) {
             control.power_off(OffReason::Error(format!("vCPU 0: {e}")));
         }
     }
     loop {
-        match control.wait_runnable(&mut generation) {
+        match control.wait_runnable(&mut generation, &mut capture) {
             Gate::Quit => return,
+            Gate::Capture => {
+                control.hand_in(index, vp.state().map_err(|e| e.to_string()));
+                continue;
+            }
             Gate::Run { reset: true } => {
                 let r = vp.reset().and_then(|_| {
                     if index == 0 {

@@ -1,0 +1,189 @@
+//! Whole-machine save and restore on the software CPU: a firmware that prints an incrementing
+//! counter (kept in RAM) on the serial port is paused, saved, and restored into new machines,
+//! which continue the count exactly where the saved one stopped.
+
+mod common;
+
+use iced_x86::code_asm::*;
+use machine::{create_partition, Backend, IrqChipMode, Machine, MachineConfig, MachineEvent};
+use std::time::{Duration, Instant};
+
+/// A 64 KiB real-mode firmware: forever, increment the word at 0x600 and print it as four hex
+/// digits and a newline on COM1, then spin a while.
+fn counter_firmware() -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut main = a.create_label();
+    let mut digit = a.create_label();
+    let mut decimal = a.create_label();
+    let mut outer = a.create_label();
+    let mut inner = a.create_label();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x7000u32).unwrap();
+    a.set_label(&mut main).unwrap();
+    a.inc(word_ptr(0x600)).unwrap();
+    a.mov(si, word_ptr(0x600)).unwrap();
+    a.mov(cx, 4u32).unwrap();
+    a.mov(dx, 0x3f8u32).unwrap();
+    a.set_label(&mut digit).unwrap();
+    a.rol(si, 4u32).unwrap();
+    a.mov(ax, si).unwrap();
+    a.and(al, 0x0fu32).unwrap();
+    a.add(al, 0x30u32).unwrap();
+    a.cmp(al, 0x39u32).unwrap();
+    a.jbe(decimal).unwrap();
+    a.add(al, 7u32).unwrap();
+    a.set_label(&mut decimal).unwrap();
+    a.out(dx, al).unwrap();
+    a.loop_(digit).unwrap();
+    a.mov(al, 0x0au32).unwrap();
+    a.out(dx, al).unwrap();
+    a.mov(bx, 0x20u32).unwrap();
+    a.set_label(&mut outer).unwrap();
+    a.mov(cx, 0xffffu32).unwrap();
+    a.set_label(&mut inner).unwrap();
+    a.loop_(inner).unwrap();
+    a.dec(bx).unwrap();
+    a.jnz(outer).unwrap();
+    a.jmp(main).unwrap();
+    let code = a.assemble(0xf_0000).unwrap();
+    let mut rom = vec![0xf4u8; 64 << 10];
+    rom[..code.len()].copy_from_slice(&code);
+    // The reset vector F000:FFF0: `jmp near 0x0000` (rel16 wraps within the segment).
+    rom[0xfff0..0xfff3].copy_from_slice(&[0xe9, 0x0d, 0x00]);
+    rom
+}
+
+fn config(firmware: &std::path::Path) -> MachineConfig {
+    MachineConfig {
+        memory_mib: 16,
+        firmware: Some(firmware.to_path_buf()),
+        ..MachineConfig::default()
+    }
+}
+
+fn machine(config: MachineConfig, restore: Option<&std::path::Path>) -> Machine {
+    let partition = create_partition(Backend::Emu, 1, IrqChipMode::Split).expect("partition");
+    match restore {
+        Some(dir) => Machine::restore(config, partition, dir).expect("restore"),
+        None => Machine::new(config, partition).expect("machine"),
+    }
+}
+
+/// Collects serial output until `lines` complete lines arrived or 60 s passed.
+fn serial_lines(events: &std::sync::mpsc::Receiver<MachineEvent>, out: &mut String, lines: usize) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while out.matches('\n').count() < lines && Instant::now() < end {
+        if let Ok(MachineEvent::Serial(b)) = events.recv_timeout(Duration::from_millis(100)) {
+            out.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+}
+
+/// The counter values in `text`, which must be consecutive from the first.
+fn consecutive(text: &str) -> Vec<u32> {
+    let values: Vec<u32> = text
+        .lines()
+        .map(|l| {
+            u32::from_str_radix(l, 16).unwrap_or_else(|_| panic!("bad line {l:?} in {text:?}"))
+        })
+        .collect();
+    for w in values.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count jumped: {text:?}");
+    }
+    values
+}
+
+#[test]
+fn a_restored_machine_continues_the_count_from_its_saved_state() {
+    let dir = common::scratch("saved-state-counter");
+    let firmware = dir.join("counter.bin");
+    std::fs::write(&firmware, counter_firmware()).unwrap();
+    let saved = dir.join("state");
+
+    let mut a = machine(config(&firmware), None);
+    let events = a.take_events().unwrap();
+    a.start().unwrap();
+    let mut before = String::new();
+    let t = Instant::now();
+    serial_lines(&events, &mut before, 4);
+    eprintln!("4 lines in {:?}: {before:?}", t.elapsed());
+    a.pause();
+    std::thread::sleep(Duration::from_millis(50));
+    while let Ok(e) = events.try_recv() {
+        if let MachineEvent::Serial(b) = e {
+            before.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    a.save_state(&saved).unwrap();
+    // The saved machine can go on: it is paused, not consumed.
+    a.resume();
+    let mut more = String::new();
+    serial_lines(&events, &mut more, 2);
+    a.power_off();
+    a.wait();
+
+    // Two reverts to the same state: each continues from the same count (the RAM file is
+    // mapped privately and never changes).
+    for round in 0..2 {
+        let mut b = machine(config(&firmware), Some(&saved));
+        let events = b.take_events().unwrap();
+        b.start().unwrap();
+        let mut after = String::new();
+        serial_lines(&events, &mut after, 3);
+        b.power_off();
+        b.wait();
+        let whole = format!("{before}{after}");
+        let values = consecutive(
+            whole
+                .lines()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_str(),
+        );
+        assert!(values.len() >= 6, "round {round}: {whole:?}");
+    }
+}
+
+#[test]
+fn damaged_or_mismatched_saved_state_is_refused_clearly() {
+    let dir = common::scratch("saved-state-refusals");
+    let firmware = dir.join("counter.bin");
+    std::fs::write(&firmware, counter_firmware()).unwrap();
+    let saved = dir.join("state");
+    let mut a = machine(config(&firmware), None);
+    a.start().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    a.pause();
+    a.save_state(&saved).unwrap();
+    a.power_off();
+    a.wait();
+
+    let partition = || create_partition(Backend::Emu, 1, IrqChipMode::Split).unwrap();
+    // Another memory size.
+    let mut bigger = config(&firmware);
+    bigger.memory_mib = 32;
+    let e = Machine::restore(bigger, partition(), &saved)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("16 MiB"), "{e}");
+    // A truncated state file.
+    let state = saved.join(machine::saved::STATE_FILE);
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() - 10]).unwrap();
+    let e = Machine::restore(config(&firmware), partition(), &saved)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("state.bin"), "{e}");
+    std::fs::write(&state, &bytes).unwrap();
+    // A RAM file of the wrong size.
+    let ram = saved.join(machine::saved::RAM_FILE);
+    let f = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();
+    f.set_len(1 << 20).unwrap();
+    let e = Machine::restore(config(&firmware), partition(), &saved)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("ram.bin"), "{e}");
+}

@@ -7,6 +7,7 @@
 //! results. Each backend runs the same bodies with [`backend_tests!`].
 #![forbid(unsafe_code)]
 
+pub mod firmware;
 mod guest;
 mod harness;
 

@@ -4,56 +4,8 @@
 
 mod common;
 
-use iced_x86::code_asm::*;
 use machine::{create_partition, Backend, IrqChipMode, Machine, MachineConfig, MachineEvent};
 use std::time::{Duration, Instant};
-
-/// A 64 KiB real-mode firmware: forever, increment the word at 0x600 and print it as four hex
-/// digits and a newline on COM1, then spin a while.
-fn counter_firmware() -> Vec<u8> {
-    let mut a = CodeAssembler::new(16).unwrap();
-    let mut main = a.create_label();
-    let mut digit = a.create_label();
-    let mut decimal = a.create_label();
-    let mut outer = a.create_label();
-    let mut inner = a.create_label();
-    a.xor(ax, ax).unwrap();
-    a.mov(ds, ax).unwrap();
-    a.mov(ss, ax).unwrap();
-    a.mov(sp, 0x7000u32).unwrap();
-    a.set_label(&mut main).unwrap();
-    a.inc(word_ptr(0x600)).unwrap();
-    a.mov(si, word_ptr(0x600)).unwrap();
-    a.mov(cx, 4u32).unwrap();
-    a.mov(dx, 0x3f8u32).unwrap();
-    a.set_label(&mut digit).unwrap();
-    a.rol(si, 4u32).unwrap();
-    a.mov(ax, si).unwrap();
-    a.and(al, 0x0fu32).unwrap();
-    a.add(al, 0x30u32).unwrap();
-    a.cmp(al, 0x39u32).unwrap();
-    a.jbe(decimal).unwrap();
-    a.add(al, 7u32).unwrap();
-    a.set_label(&mut decimal).unwrap();
-    a.out(dx, al).unwrap();
-    a.loop_(digit).unwrap();
-    a.mov(al, 0x0au32).unwrap();
-    a.out(dx, al).unwrap();
-    a.mov(bx, 0x20u32).unwrap();
-    a.set_label(&mut outer).unwrap();
-    a.mov(cx, 0xffffu32).unwrap();
-    a.set_label(&mut inner).unwrap();
-    a.loop_(inner).unwrap();
-    a.dec(bx).unwrap();
-    a.jnz(outer).unwrap();
-    a.jmp(main).unwrap();
-    let code = a.assemble(0xf_0000).unwrap();
-    let mut rom = vec![0xf4u8; 64 << 10];
-    rom[..code.len()].copy_from_slice(&code);
-    // The reset vector F000:FFF0: `jmp near 0x0000` (rel16 wraps within the segment).
-    rom[0xfff0..0xfff3].copy_from_slice(&[0xe9, 0x0d, 0x00]);
-    rom
-}
 
 fn config(firmware: &std::path::Path) -> MachineConfig {
     MachineConfig {
@@ -99,7 +51,7 @@ fn consecutive(text: &str) -> Vec<u32> {
 fn a_restored_machine_continues_the_count_from_its_saved_state() {
     let dir = common::scratch("saved-state-counter");
     let firmware = dir.join("counter.bin");
-    std::fs::write(&firmware, counter_firmware()).unwrap();
+    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
     let saved = dir.join("state");
 
     let mut a = machine(config(&firmware), None);
@@ -151,7 +103,7 @@ fn a_restored_machine_continues_the_count_from_its_saved_state() {
 fn damaged_or_mismatched_saved_state_is_refused_clearly() {
     let dir = common::scratch("saved-state-refusals");
     let firmware = dir.join("counter.bin");
-    std::fs::write(&firmware, counter_firmware()).unwrap();
+    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
     let saved = dir.join("state");
     let mut a = machine(config(&firmware), None);
     a.start().unwrap();

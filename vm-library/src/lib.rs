@@ -34,6 +34,6 @@ pub use config::{
 pub use error::LibraryError;
 pub use library::{
     folder_base_name, DiskPlan, Library, NewDiskFormat, VmEntry, LIBRARY_FILE, MIN_DISK_BYTES,
-    REMOVED_SUFFIX, THUMBNAIL_FILE,
+    REMOVED_SUFFIX, SAVED_STATE_DIR, THUMBNAIL_FILE,
 };
 pub use media_detect::OsFamily;

@@ -16,6 +16,9 @@ pub const LIBRARY_FILE: &str = "library.toml";
 /// Name of the last-screen picture in a VM folder.
 pub const THUMBNAIL_FILE: &str = "screen.png";
 
+/// Folder in a VM folder that holds the state the VM was saved in when it was closed.
+pub const SAVED_STATE_DIR: &str = "saved-state";
+
 /// Suffix of VM folders taken out of the library without deleting their files.
 pub const REMOVED_SUFFIX: &str = ".removed";
 
@@ -91,6 +94,16 @@ impl VmEntry {
     /// `dir/screen.png`: the last screen, written by the app.
     pub fn thumbnail_path(&self) -> PathBuf {
         self.dir.join(THUMBNAIL_FILE)
+    }
+
+    /// The folder of the VM's saved state (see [`SAVED_STATE_DIR`]).
+    pub fn saved_state_dir(&self) -> PathBuf {
+        self.dir.join(SAVED_STATE_DIR)
+    }
+
+    /// True when the VM was saved and starting it resumes where it was.
+    pub fn has_saved_state(&self) -> bool {
+        self.saved_state_dir().join("state.bin").is_file()
     }
 
     /// `dir/vm.toml`.

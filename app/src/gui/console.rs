@@ -290,8 +290,16 @@ impl Console {
                 if ui.add_enabled(on, egui::Button::new("Power off")).clicked() {
                     self.session.power_off();
                 }
-                ui.add_enabled(false, egui::Button::new("Save state"))
-                    .on_disabled_hover_text("Saved state arrives with snapshots");
+                if ui
+                    .add_enabled(on, egui::Button::new("Save state and close"))
+                    .on_hover_text("Starting the VM again resumes where it is now")
+                    .clicked()
+                {
+                    match self.session.save_and_close() {
+                        Ok(()) => requests.push(ConsoleRequest::Close),
+                        Err(e) => requests.push(ConsoleRequest::Error(e)),
+                    }
+                }
                 ui.separator();
                 if ui
                     .add_enabled(on, egui::Button::new("Insert CD image…"))
@@ -577,11 +585,18 @@ impl Console {
             egui::Modal::new(egui::Id::unique(("close-vm", &self.session.dir))).show(ctx, |ui| {
                 ui.heading("Close the VM?");
                 ui.label(format!(
-                    "{} is still running. Closing its window powers it off, like pulling \
-                     the plug.",
+                    "{} is still running. Save its state to resume it later where it is, or \
+                     power it off like pulling the plug.",
                     self.session.config.name
                 ));
                 ui.horizontal(|ui| {
+                    if ui.button("Save state").clicked() {
+                        self.confirm_close = false;
+                        match self.session.save_and_close() {
+                            Ok(()) => requests.push(ConsoleRequest::Close),
+                            Err(e) => requests.push(ConsoleRequest::Error(e)),
+                        }
+                    }
                     if ui.button("Power off").clicked() {
                         self.session.power_off();
                         self.confirm_close = false;

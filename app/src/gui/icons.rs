@@ -28,12 +28,15 @@ pub enum StateIcon {
     Paused,
     /// Off.
     Off,
+    /// Off with a saved state to resume.
+    Saved,
 }
 
-const STATE_ICONS: [(StateIcon, &[u8]); 3] = [
+const STATE_ICONS: [(StateIcon, &[u8]); 4] = [
     (StateIcon::Running, asset!("app/state-running.png")),
     (StateIcon::Paused, asset!("app/state-paused.png")),
     (StateIcon::Off, asset!("app/state-off.png")),
+    (StateIcon::Saved, asset!("app/state-saved.png")),
 ];
 
 /// The app icon (256 px), for the window.

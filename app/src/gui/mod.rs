@@ -275,6 +275,13 @@ impl TerrariumApp {
         {
             Some(machine::RunState::Running | machine::RunState::Created) => StateIcon::Running,
             Some(machine::RunState::Paused) => StateIcon::Paused,
+            _ if dir
+                .join(vm_library::SAVED_STATE_DIR)
+                .join("state.bin")
+                .is_file() =>
+            {
+                StateIcon::Saved
+            }
             _ => StateIcon::Off,
         }
     }
@@ -380,7 +387,22 @@ impl TerrariumApp {
                     .add_enabled(has && !running, egui::Button::new("Remove…"))
                     .clicked()
                 {
-                    self.confirm_remove = selected;
+                    self.confirm_remove = selected.clone();
+                }
+                let saved = selected
+                    .as_deref()
+                    .is_some_and(|d| !running && self.state_of(d) == StateIcon::Saved);
+                if saved
+                    && ui
+                        .button("Discard saved state")
+                        .on_hover_text("The next start boots the VM afresh")
+                        .clicked()
+                {
+                    if let Some(dir) = &selected {
+                        if let Err(e) = session::discard_saved_state(dir) {
+                            self.errors.push(e);
+                        }
+                    }
                 }
             });
             ui.add_space(4.0);
@@ -486,7 +508,8 @@ impl TerrariumApp {
                 if label.clicked() {
                     self.selected = Some(entry.dir.clone());
                 }
-                if label.double_clicked() && state == StateIcon::Off && entry.config.is_ok() {
+                let stopped = matches!(state, StateIcon::Off | StateIcon::Saved);
+                if label.double_clicked() && stopped && entry.config.is_ok() {
                     self.start(&entry.dir.clone());
                 }
                 match &entry.config {
@@ -513,6 +536,7 @@ impl TerrariumApp {
                     ui.label(match state {
                         StateIcon::Running => "Running",
                         StateIcon::Paused => "Paused",
+                        StateIcon::Saved => "Saved",
                         StateIcon::Off => "Off",
                     });
                 });
@@ -781,13 +805,18 @@ impl TerrariumApp {
         }
     }
 
-    /// Powers off every VM (saving thumbnails) and writes the statistics; called on exit.
+    /// Saves the state of every running VM (powering off those that cannot be saved), keeps
+    /// their thumbnails and writes the statistics; called on exit.
     pub fn shut_down(&mut self) {
         for c in &self.consoles {
             let mut c = lock(c);
             let path = c.session.dir.join(vm_library::THUMBNAIL_FILE);
             if c.session.is_on() {
                 let _ = c.session.save_thumbnail(&path);
+                // Closing the app saves running VMs, as closing their windows offers to.
+                if let Err(e) = c.session.save_and_close() {
+                    tracing::error!("{e}; powering it off");
+                }
             }
             c.session.power_off();
         }

@@ -174,6 +174,18 @@ pub struct Session {
     pub screen: ScreenTexture,
     lights: [ActivityLight; 3],
     started: Instant,
+    /// The VM was saved (not powered off) when it stopped.
+    pub saved: bool,
+}
+
+/// Deletes the VM's saved state (starting it then boots afresh).
+pub fn discard_saved_state(dir: &Path) -> Result<(), String> {
+    let saved = dir.join(vm_library::SAVED_STATE_DIR);
+    match std::fs::remove_dir_all(&saved) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", saved.display())),
+    }
 }
 
 impl Session {
@@ -197,11 +209,22 @@ impl Session {
             }
         }
         .map_err(|e| e.to_string())?;
-        let mut machine = Machine::new(machine_config, partition).map_err(|e| e.to_string())?;
+        let saved = dir.join(vm_library::SAVED_STATE_DIR);
+        let resumed = saved.join(machine::saved::STATE_FILE).is_file();
+        let mut machine = if resumed {
+            Machine::restore(machine_config, partition, &saved)
+                .map_err(|e| format!("{e} (Discard saved state starts the VM afresh)"))?
+        } else {
+            Machine::new(machine_config, partition).map_err(|e| e.to_string())?
+        };
         let events = machine
             .take_events()
             .ok_or("the machine's event stream is gone")?;
         machine.start().map_err(|e| e.to_string())?;
+        if resumed {
+            // The VM goes on from here; its RAM stays mapped from the (unlinked) file.
+            discard_saved_state(dir)?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config: config.clone(),
@@ -215,6 +238,7 @@ impl Session {
             screen: ScreenTexture::default(),
             lights: Default::default(),
             started: Instant::now(),
+            saved: false,
         })
     }
 
@@ -268,6 +292,28 @@ impl Session {
             }
             RunState::Created | RunState::Off => {}
         }
+    }
+
+    /// Saves the VM's state into its folder and turns it off; the next start resumes there.
+    pub fn save_and_close(&mut self) -> Result<(), String> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        self.machine.pause();
+        let dir = self.dir.join(vm_library::SAVED_STATE_DIR);
+        if let Err(e) = self.machine.save_state(&dir) {
+            // Nothing is lost: the VM goes on running.
+            let _ = std::fs::remove_dir_all(&dir);
+            self.machine.resume();
+            return Err(format!(
+                "cannot save the state of {}: {e}",
+                self.config.name
+            ));
+        }
+        self.power_off();
+        self.off = Some(OffReason::Requested);
+        self.saved = true;
+        Ok(())
     }
 
     /// Turns the VM off and waits for its processors to stop.

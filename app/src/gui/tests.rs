@@ -414,3 +414,69 @@ fn dropping_an_iso_on_a_running_vm_inserts_it_in_the_cd_drive() {
     console(h.state()).session.power_off();
     h.step();
 }
+
+/// The counts a serial-counter guest printed, as numbers.
+fn counts(serial: &str) -> Vec<u32> {
+    serial
+        .lines()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+#[test]
+fn save_state_and_close_then_start_resumes_where_it_was() {
+    let dir = scratch("save-state");
+    let firmware = dir.join("counter.bin");
+    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
+    let mut app = app_in(&dir);
+    app.firmware = Some(firmware);
+    let vm = make_vm(&mut app, "Counter", |_| {});
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |a| counts(
+            &console(a).session.serial
+        )
+        .len()
+            >= 3),
+        "no count on serial"
+    );
+    click(&mut h, "Machine");
+    click(&mut h, "Save state and close");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(h.state().consoles.is_empty(), "the console closed");
+    assert!(vm
+        .join(vm_library::SAVED_STATE_DIR)
+        .join("state.bin")
+        .is_file());
+    assert_eq!(h.state().state_of(&vm), StateIcon::Saved);
+    h.run_steps(2);
+    h.get_by_label("Saved");
+
+    // Starting it resumes: the count goes on instead of starting at 1, and the saved state is
+    // used up.
+    let last_before = {
+        // Read what the saved machine printed last from its RAM image.
+        let ram = std::fs::read(vm.join(vm_library::SAVED_STATE_DIR).join("ram.bin")).unwrap();
+        u32::from(u16::from_le_bytes([ram[0x600], ram[0x601]]))
+    };
+    assert!(last_before >= 3);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |a| !counts(
+            &console(a).session.serial
+        )
+        .is_empty()),
+        "no count after resuming"
+    );
+    let first = counts(&console(h.state()).session.serial)[0];
+    assert!(
+        first == last_before || first == last_before + 1,
+        "resumed at {first}, saved at {last_before}"
+    );
+    assert!(!vm.join(vm_library::SAVED_STATE_DIR).exists());
+    console(h.state()).session.power_off();
+    h.step();
+}

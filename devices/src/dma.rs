@@ -14,6 +14,7 @@
 //! which must not lock devices either).
 
 use crate::dma_memory::DmaMemory;
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Device, PortIo, TimerWaker};
 use std::sync::Arc;
 
@@ -520,6 +521,9 @@ impl Device for Dma8237 {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         let memory = self.memory.take();
         let dreq = self.dreq;
@@ -528,6 +532,140 @@ impl Device for Dma8237 {
         self.memory = memory;
         self.dreq = dreq;
         self.wakers = wakers;
+    }
+}
+
+/// Saved state of the DMA controllers (separate from the runtime types). The request lines
+/// (DREQ) are not saved: they belong to the requesting devices, which hold them again.
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`DmaStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// One channel's registers.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelStateV1 {
+        /// Base address register.
+        pub base_address: u16,
+        /// Base count register.
+        pub base_count: u16,
+        /// Current address register.
+        pub current_address: u16,
+        /// Current count register.
+        pub current_count: u16,
+        /// Mode register as written (bits 0-1 select the channel).
+        pub mode: u8,
+    }
+
+    /// One 8237's registers.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ControllerStateV1 {
+        /// Its four channels.
+        pub channels: [ChannelStateV1; 4],
+        /// Byte pointer flip-flop: the next byte is the high one.
+        pub flip_flop: bool,
+        /// Command register.
+        pub command: u8,
+        /// Mask register, bits 0-3.
+        pub mask: u8,
+        /// Software request register, bits 0-3.
+        pub request: u8,
+        /// Terminal-count status bits 0-3.
+        pub tc: u8,
+    }
+
+    /// The DMA controllers' saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DmaStateV1 {
+        /// Controller 1 (channels 0-3) and controller 2 (channels 4-7).
+        pub controllers: [ControllerStateV1; 2],
+        /// Page registers at ports 0x80-0x8F (0x80 itself is never written here).
+        pub pages: [u8; 16],
+    }
+}
+
+impl Controller {
+    fn saved(&self) -> save::ControllerStateV1 {
+        let channel = |c: &Channel| save::ChannelStateV1 {
+            base_address: c.base_address,
+            base_count: c.base_count,
+            current_address: c.current_address,
+            current_count: c.current_count,
+            mode: c.mode,
+        };
+        save::ControllerStateV1 {
+            channels: [
+                channel(&self.channels[0]),
+                channel(&self.channels[1]),
+                channel(&self.channels[2]),
+                channel(&self.channels[3]),
+            ],
+            flip_flop: self.flip_flop,
+            command: self.command,
+            mask: self.mask,
+            request: self.request,
+            tc: self.tc,
+        }
+    }
+
+    fn restored(s: &save::ControllerStateV1, which: usize) -> Result<Self, RestoreError> {
+        let dev = "dma";
+        for (name, bits) in [("mask", s.mask), ("request", s.request), ("TC", s.tc)] {
+            ensure(
+                bits & !0x0F == 0,
+                dev,
+                format!("controller {which}: {name} bits {bits:#04x}"),
+            )?;
+        }
+        let mut channels = [Channel::default(); 4];
+        for (i, (c, saved)) in channels.iter_mut().zip(&s.channels).enumerate() {
+            ensure(
+                saved.mode == 0 || usize::from(saved.mode & 3) == i,
+                dev,
+                format!(
+                    "controller {which}: channel {i} holds the mode {:#04x} of another",
+                    saved.mode
+                ),
+            )?;
+            *c = Channel {
+                base_address: saved.base_address,
+                base_count: saved.base_count,
+                current_address: saved.current_address,
+                current_count: saved.current_count,
+                mode: saved.mode,
+            };
+        }
+        Ok(Controller {
+            channels,
+            flip_flop: s.flip_flop,
+            command: s.command,
+            mask: s.mask,
+            request: s.request,
+            tc: s.tc,
+        })
+    }
+}
+
+impl SaveRestore for Dma8237 {
+    fn save(&mut self) -> SavedState {
+        let state = save::DmaStateV1 {
+            controllers: [self.controllers[0].saved(), self.controllers[1].saved()],
+            pages: self.pages,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the registers. Guest memory, the devices' held requests and their wakers stay
+    /// as they are; a held request whose channel the restored state makes ready is woken.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::DmaStateV1 = crate::saved_state::decode(state, "dma", save::VERSION)?;
+        let [c1, c2] = &s.controllers;
+        let controllers = [Controller::restored(c1, 1)?, Controller::restored(c2, 2)?];
+        self.controllers = controllers;
+        self.pages = s.pages;
+        self.wake_ready();
+        Ok(())
     }
 }
 
@@ -824,5 +962,105 @@ mod tests {
         setup8(&mut d, 2, 0x10, 0, 0x44);
         assert_eq!(d.write_memory(2, &[7]).status, DmaStatus::TerminalCount);
         assert_eq!(mem_bytes(&mem, 0x10, 1), [7]);
+    }
+
+    /// Every port as the guest reads it (with the flip-flop and status side effects, the same
+    /// on both).
+    fn reads(d: &mut Dma8237) -> Vec<u8> {
+        let ports = (0x00..=0x0F)
+            .chain(0x81..=0x8F)
+            .chain((0xC0..=0xDF).step_by(2));
+        ports.map(|p| inb(d, p)).collect()
+    }
+
+    fn programmed() -> (Arc<VecMemory>, Dma8237) {
+        let (mem, mut d) = setup(0x40000);
+        setup8(&mut d, 2, 0x2_1000, 15, 0x44); // write, 16 bytes, 4 done below
+        assert_eq!(d.write_memory(2, &[1, 2, 3, 4]).bytes, 4);
+        setup8(&mut d, 1, 0x107, 7, 0x68); // read, decrement
+        setup8(&mut d, 3, 0x300, 1, 0x54); // auto-init, terminal count reached
+        assert_eq!(d.write_memory(3, &[9, 9]).status, DmaStatus::TerminalCount);
+        outb(&mut d, 0x09, 0x05); // software request on channel 1
+                                  // Channel 5: word address 0x1000 in page 2, two words, write mode, unmasked.
+        outb(&mut d, 0xD8, 0);
+        outb(&mut d, 0xC4, 0x00);
+        outb(&mut d, 0xC4, 0x10);
+        outb(&mut d, 0xC6, 1);
+        outb(&mut d, 0xC6, 0);
+        outb(&mut d, 0xD6, 0x45);
+        outb(&mut d, 0x8B, 0x03);
+        outb(&mut d, 0xD4, 0x01);
+        outb(&mut d, 0x8F, 0x5A);
+        outb(&mut d, 0x0C, 0);
+        outb(&mut d, 0x00, 0x34); // low byte of channel 0's address: flip-flop now high
+        (mem, d)
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let (mem_a, mut a) = programmed();
+        let saved = a.save();
+        assert_eq!(saved.device, "dma");
+        let (mem_b, mut b) = setup(0x40000);
+        mem_b.write(0, &mem_bytes(&mem_a, 0, 0x40000));
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert_eq!(b.current_address(2), 0x1004);
+        assert_eq!(reads(&mut b), reads(&mut a));
+        // Transfers continue identically, from where they stopped.
+        outb(&mut a, 0x0C, 0);
+        outb(&mut b, 0x0C, 0);
+        for d in [&mut a, &mut b] {
+            outb(d, 0x00, 0x12); // completes channel 0's address with the high byte
+        }
+        let data: Vec<u8> = (10..30).collect();
+        assert_eq!(b.write_memory(2, &data), a.write_memory(2, &data));
+        assert_eq!(b.write_memory(5, &data), a.write_memory(5, &data));
+        assert_eq!(b.write_memory(3, &data[..1]), a.write_memory(3, &data[..1]));
+        let mut buf_a = [0u8; 8];
+        let mut buf_b = [0u8; 8];
+        assert_eq!(b.read_memory(1, &mut buf_b), a.read_memory(1, &mut buf_a));
+        assert_eq!(buf_b, buf_a);
+        assert_eq!(mem_bytes(&mem_b, 0, 0x40000), mem_bytes(&mem_a, 0, 0x40000));
+        assert_eq!(mem_bytes(&mem_a, 0x2_1000, 6), [1, 2, 3, 4, 10, 11]);
+        assert_eq!(reads(&mut b), reads(&mut a));
+        assert_eq!(b.save(), a.save());
+    }
+
+    #[test]
+    fn save_restore_wakes_a_held_request() {
+        let (_, mut a) = programmed();
+        let saved = a.save();
+        let (_, mut b) = setup(0x1000);
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = woken.clone();
+        b.hold_dreq(
+            2,
+            Some(TimerWaker::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            })),
+        );
+        b.restore(&saved).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert_eq!(inb(&mut b, 0x08) & 0x40, 0x40, "the held request stays");
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let (_, mut a) = programmed();
+        let saved = a.save();
+        let (_, mut b) = setup(0x10000);
+        setup8(&mut b, 2, 0x100, 3, 0x44);
+        check_refusals(&mut b, &saved);
+        let bad = edited(&saved, |s: &mut save::DmaStateV1| {
+            s.controllers[1].mask = 0x1F
+        });
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::DmaStateV1| {
+            s.controllers[0].channels[2].mode = 0x45
+        });
+        check_corrupt(&mut b, &bad);
+        assert_eq!(b.write_memory(2, &[1]).bytes, 1, "still works");
     }
 }

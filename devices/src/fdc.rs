@@ -1465,6 +1465,9 @@ impl Device for Fdc {
     fn poll(&mut self) -> Option<&mut dyn Poll> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn crate::saved_state::SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.hardware_reset();
     }
@@ -1483,6 +1486,382 @@ impl Poll for Fdc {
     fn poll(&mut self, _now_ns: u64) -> Option<u64> {
         self.run_dma();
         None
+    }
+}
+
+/// Saved state of the controller and its drives (see [`crate::saved_state`]).
+///
+/// Kept: the DOR/TDR/DSR, the command phase with the command bytes received, the result
+/// bytes and how many were read, an execution phase in progress with its sector buffer, the
+/// pending interrupt conditions (result, seek completions, reset polling), SPECIFY/CONFIGURE/
+/// LOCK/PERPENDICULAR settings and, per drive, the head position, disk change line, READ ID
+/// position and drive specification. The diskettes are not saved: the same images must be
+/// attached (same sizes, so the same formats) before restoring; the state records what each
+/// drive held and restore refuses a mismatch. Not kept: the IRQ line handle, the DMA controller
+/// handle, the waker and the log-once flags.
+mod save {
+    use super::*;
+    use crate::saved_state::{decode, encode, ensure, RestoreError, SaveRestore, SavedState};
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`FdcStateV1`].
+    pub(super) const VERSION: u32 = 1;
+    /// The device name saved states carry.
+    const DEVICE: &str = "fdc";
+
+    /// The controller phase.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub(super) enum PhaseV1 {
+        /// Waiting for (or receiving) command bytes.
+        Command,
+        /// Moving data.
+        Execution,
+        /// Result bytes waiting to be read.
+        Result,
+    }
+
+    /// The data-moving operation of an execution phase.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub(super) enum OpV1 {
+        /// READ DATA, READ TRACK, VERIFY.
+        Read,
+        /// READ DELETED DATA.
+        ReadDeleted,
+        /// WRITE (DELETED) DATA.
+        Write,
+        /// FORMAT TRACK.
+        Format,
+    }
+
+    /// An execution phase in progress.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct ExecV1 {
+        pub(super) op: OpV1,
+        pub(super) drive: u8,
+        pub(super) c: u8,
+        pub(super) h: u8,
+        pub(super) r: u8,
+        pub(super) n: u8,
+        pub(super) eot: u8,
+        pub(super) multi_track: bool,
+        pub(super) dma: bool,
+        pub(super) st0: u8,
+        pub(super) st2: u8,
+        pub(super) tc: bool,
+        /// Bytes of the current sector (or format ID) moved.
+        pub(super) pos: u16,
+        pub(super) loaded: bool,
+        pub(super) fill: u8,
+        pub(super) remaining: u8,
+        pub(super) last_id: [u8; 4],
+        pub(super) wrote: bool,
+    }
+
+    /// One drive unit.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct DriveStateV1 {
+        /// A drive was attached at this unit (machine configuration, checked on restore).
+        pub(super) connected: bool,
+        /// Its CMOS drive type code (checked on restore).
+        pub(super) kind: u8,
+        /// Size in bytes of the diskette it held, `None` when empty (checked on restore).
+        pub(super) media_bytes: Option<u64>,
+        pub(super) pcn: u8,
+        /// The disk change line.
+        pub(super) changed: bool,
+        pub(super) perpendicular: bool,
+        pub(super) next_id: u8,
+        pub(super) spec: u8,
+    }
+
+    /// The whole controller.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct FdcStateV1 {
+        pub(super) drives: Vec<DriveStateV1>,
+        pub(super) dor: u8,
+        pub(super) tdr: u8,
+        pub(super) dsr: u8,
+        pub(super) phase: PhaseV1,
+        pub(super) cmd: [u8; 10],
+        pub(super) cmd_len: u8,
+        pub(super) cmd_need: u8,
+        pub(super) result: [u8; 10],
+        pub(super) result_len: u8,
+        pub(super) result_pos: u8,
+        pub(super) exec: Option<ExecV1>,
+        /// The sector buffer (512 bytes).
+        pub(super) buf: Vec<u8>,
+        pub(super) int_result: bool,
+        pub(super) seek_status: [Option<u8>; FDC_DRIVES],
+        pub(super) poll_pending: u8,
+        pub(super) specify: [u8; 2],
+        pub(super) config: u8,
+        pub(super) pretrk: u8,
+        pub(super) lock: bool,
+        pub(super) perp_gap: u8,
+        pub(super) last_eot: u8,
+    }
+
+    fn op_to_saved(op: Op) -> OpV1 {
+        match op {
+            Op::Read => OpV1::Read,
+            Op::ReadDeleted => OpV1::ReadDeleted,
+            Op::Write => OpV1::Write,
+            Op::Format => OpV1::Format,
+        }
+    }
+
+    fn op_from_saved(op: OpV1) -> Op {
+        match op {
+            OpV1::Read => Op::Read,
+            OpV1::ReadDeleted => Op::ReadDeleted,
+            OpV1::Write => Op::Write,
+            OpV1::Format => Op::Format,
+        }
+    }
+
+    fn describe(bytes: Option<u64>) -> String {
+        match bytes {
+            Some(n) => format!("a {n}-byte diskette"),
+            None => "no diskette".to_string(),
+        }
+    }
+
+    impl FdcStateV1 {
+        fn from_device(f: &Fdc) -> Self {
+            Self {
+                drives: f
+                    .drives
+                    .iter()
+                    .map(|d| DriveStateV1 {
+                        connected: d.connected,
+                        kind: d.kind as u8,
+                        media_bytes: d.media.as_ref().map(|m| m.format.size()),
+                        pcn: d.pcn,
+                        changed: d.changed,
+                        perpendicular: d.perpendicular,
+                        next_id: d.next_id,
+                        spec: d.spec,
+                    })
+                    .collect(),
+                dor: f.dor,
+                tdr: f.tdr,
+                dsr: f.dsr,
+                phase: match f.phase {
+                    Phase::Command => PhaseV1::Command,
+                    Phase::Execution => PhaseV1::Execution,
+                    Phase::Result => PhaseV1::Result,
+                },
+                cmd: f.cmd,
+                cmd_len: f.cmd_len as u8,
+                cmd_need: f.cmd_need as u8,
+                result: f.result,
+                result_len: f.result_len as u8,
+                result_pos: f.result_pos as u8,
+                exec: f.exec.as_ref().map(|x| ExecV1 {
+                    op: op_to_saved(x.op),
+                    drive: x.drive as u8,
+                    c: x.c,
+                    h: x.h,
+                    r: x.r,
+                    n: x.n,
+                    eot: x.eot,
+                    multi_track: x.multi_track,
+                    dma: x.dma,
+                    st0: x.st0,
+                    st2: x.st2,
+                    tc: x.tc,
+                    pos: x.pos as u16,
+                    loaded: x.loaded,
+                    fill: x.fill,
+                    remaining: x.remaining,
+                    last_id: x.last_id,
+                    wrote: x.wrote,
+                }),
+                buf: f.buf.clone(),
+                int_result: f.int_result,
+                seek_status: f.seek_status,
+                poll_pending: f.poll_pending,
+                specify: f.specify,
+                config: f.config,
+                pretrk: f.pretrk,
+                lock: f.lock,
+                perp_gap: f.perp_gap,
+                last_eot: f.last_eot,
+            }
+        }
+
+        /// Checks every value against itself and against the drives and diskettes attached to
+        /// `f`; returns the execution phase to restore.
+        fn check(&self, f: &Fdc) -> Result<Option<Exec>, RestoreError> {
+            let c = |ok, reason: &str| ensure(ok, DEVICE, reason);
+            c(
+                self.drives.len() == FDC_DRIVES,
+                &format!("{} drive units (expected {FDC_DRIVES})", self.drives.len()),
+            )?;
+            for (i, (s, d)) in self.drives.iter().zip(&f.drives).enumerate() {
+                c(
+                    s.connected == d.connected && s.kind == d.kind as u8,
+                    &format!(
+                        "floppy unit {i} is {}, the snapshot expects {}",
+                        describe_drive(d.connected, d.kind as u8),
+                        describe_drive(s.connected, s.kind)
+                    ),
+                )?;
+                let attached = d.media.as_ref().map(|m| m.format.size());
+                c(
+                    attached == s.media_bytes,
+                    &format!(
+                        "floppy drive {i} holds {}, the snapshot expects {}",
+                        describe(attached),
+                        describe(s.media_bytes)
+                    ),
+                )?;
+                c(
+                    s.spec <= 0x1F,
+                    &format!("drive {i} specification out of range"),
+                )?;
+            }
+            c(self.tdr & !0x03 == 0, "TDR bits out of range")?;
+            c(self.dsr & DSR_RESET == 0, "DSR holds the reset bit")?;
+            c(self.config & 0x80 == 0, "CONFIGURE byte out of range")?;
+            c(
+                self.perp_gap <= 3,
+                "PERPENDICULAR MODE gap bits out of range",
+            )?;
+            c(
+                self.poll_pending <= RESET_SENSE_COUNT,
+                "more reset polling statuses than drives",
+            )?;
+            c(
+                self.buf.len() == SECTOR_SIZE,
+                "sector buffer is not 512 bytes",
+            )?;
+            let (cmd_len, cmd_need) = (usize::from(self.cmd_len), usize::from(self.cmd_need));
+            c(
+                cmd_len <= self.cmd.len() && cmd_need <= self.cmd.len(),
+                "command byte count out of range",
+            )?;
+            c(
+                self.result_len as usize <= self.result.len() && self.result_pos <= self.result_len,
+                "result byte position past the result bytes",
+            )?;
+            match self.phase {
+                PhaseV1::Command => {
+                    if cmd_len > 0 {
+                        let params = Cmd::decode(self.cmd[0]).map(|(_, p)| p);
+                        c(
+                            params.is_some_and(|p| cmd_need == p + 1 && cmd_len < cmd_need),
+                            "partial command inconsistent",
+                        )?;
+                    }
+                }
+                PhaseV1::Result => c(
+                    self.result_pos < self.result_len,
+                    "result phase with no result byte left",
+                )?,
+                PhaseV1::Execution => {}
+            }
+            c(
+                self.exec.is_some() == (self.phase == PhaseV1::Execution),
+                "execution phase and transfer state disagree",
+            )?;
+            let Some(x) = &self.exec else {
+                return Ok(None);
+            };
+            let unit = if x.op == OpV1::Format { 4 } else { SECTOR_SIZE };
+            c(
+                usize::from(x.drive) < FDC_DRIVES,
+                "transfer on a drive that does not exist",
+            )?;
+            c(
+                usize::from(x.pos) <= unit,
+                "transfer position past the sector",
+            )?;
+            Ok(Some(Exec {
+                op: op_from_saved(x.op),
+                drive: usize::from(x.drive),
+                c: x.c,
+                h: x.h,
+                r: x.r,
+                n: x.n,
+                eot: x.eot,
+                multi_track: x.multi_track,
+                dma: x.dma,
+                st0: x.st0,
+                st2: x.st2,
+                tc: x.tc,
+                pos: usize::from(x.pos),
+                loaded: x.loaded,
+                fill: x.fill,
+                remaining: x.remaining,
+                last_id: x.last_id,
+                wrote: x.wrote,
+            }))
+        }
+    }
+
+    fn describe_drive(connected: bool, kind: u8) -> String {
+        if connected {
+            format!("a drive of CMOS type {kind}")
+        } else {
+            "empty".to_string()
+        }
+    }
+
+    impl SaveRestore for Fdc {
+        fn save(&mut self) -> SavedState {
+            encode(DEVICE, VERSION, &FdcStateV1::from_device(self))
+        }
+
+        fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+            let s: FdcStateV1 = decode(state, DEVICE, VERSION)?;
+            let exec = s.check(self)?;
+            // Nothing can fail from here on.
+            for (d, sd) in self.drives.iter_mut().zip(&s.drives) {
+                d.pcn = sd.pcn;
+                d.changed = sd.changed;
+                d.perpendicular = sd.perpendicular;
+                d.next_id = sd.next_id;
+                d.spec = sd.spec;
+            }
+            self.dor = s.dor;
+            self.tdr = s.tdr;
+            self.dsr = s.dsr;
+            self.phase = match s.phase {
+                PhaseV1::Command => Phase::Command,
+                PhaseV1::Execution => Phase::Execution,
+                PhaseV1::Result => Phase::Result,
+            };
+            self.cmd = s.cmd;
+            self.cmd_len = usize::from(s.cmd_len);
+            self.cmd_need = usize::from(s.cmd_need);
+            self.result = s.result;
+            self.result_len = usize::from(s.result_len);
+            self.result_pos = usize::from(s.result_pos);
+            let dma_waits = exec.as_ref().is_some_and(|x| x.dma);
+            self.exec = exec;
+            self.buf = s.buf;
+            self.int_result = s.int_result;
+            self.seek_status = s.seek_status;
+            self.poll_pending = s.poll_pending;
+            self.specify = s.specify;
+            self.config = s.config;
+            self.pretrk = s.pretrk;
+            self.lock = s.lock;
+            self.perp_gap = s.perp_gap;
+            self.last_eot = s.last_eot;
+            // Re-assert the interrupt line to match.
+            self.line =
+                self.dor & DOR_NRESET != 0 && self.dor & DOR_DMA_GATE != 0 && self.int_pending();
+            self.irq.set_level(self.line);
+            if dma_waits {
+                // The DMA request is re-raised on the next poll, once the DMA controller has
+                // its state back too.
+                self.waker.wake();
+            }
+            Ok(())
+        }
     }
 }
 
@@ -2154,5 +2533,131 @@ mod tests {
         rig.command(&[0x42, 0x00, 0, 0, 9, 2, 18, 0x1B, 0xFF]);
         assert_eq!(rig.results(), [0x00, 0, 0, 0, 0, 3, 2]);
         assert_eq!(rig.mem(DMA_BUF, 512), expected(F144, 0, 0, 1));
+    }
+
+    // ---- saved state ----------------------------------------------------------------
+
+    use crate::saved_state::{RestoreError, SaveRestore, SavedState};
+
+    /// Every register a read does not change, and the interrupt line.
+    fn observe(rig: &mut Rig) -> ([u8; 6], bool) {
+        let regs = [0x3F0, 0x3F1, 0x3F2, 0x3F3, 0x3F4, 0x3F7].map(|p| rig.inb(p));
+        (regs, rig.irq())
+    }
+
+    /// Motor on, SPECIFY/CONFIGURE programmed, seeked to cylinder 5, a second seek to 7 not
+    /// yet sensed, and READ ID in its result phase with two of its seven bytes read.
+    fn busy_fdc() -> Rig {
+        let mut rig = Rig::new(F144, false);
+        rig.reset();
+        rig.outb(0x3F2, 0x1C);
+        rig.command(&[0x03, 0xAF, 0x02]);
+        rig.command(&[0x13, 0x00, 0x57, 0x03]);
+        rig.seek(0, 5);
+        rig.command(&[0x0F, 0x00, 7]);
+        rig.command(&[0x4A, 0x00]);
+        assert!(rig.irq());
+        assert_eq!([rig.inb(0x3F5), rig.inb(0x3F5)], [0x00, 0x00]);
+        rig
+    }
+
+    #[test]
+    fn saved_state_round_trip() {
+        let mut a = busy_fdc();
+        let saved = a.fdc.save();
+        assert_eq!(saved.device, "fdc");
+        let mut b = Rig::new(F144, false);
+        b.fdc.restore(&saved).unwrap();
+        assert_eq!(observe(&mut a), observe(&mut b));
+        assert!(b.irq(), "the line follows the pending interrupts");
+        assert_eq!(b.fdc.save(), saved, "saving the restored device");
+        // The unread result bytes, then the pending seek, come out the same.
+        let r = a.results();
+        assert_eq!(r, [0x00, 7, 0, 1, 2]);
+        assert_eq!(b.results(), r);
+        assert_eq!(a.sense(), [0x20, 7]);
+        assert_eq!(b.sense(), [0x20, 7]);
+        assert_eq!(observe(&mut a), observe(&mut b));
+        // The controller keeps working the same: CONFIGURE read back, a DMA read.
+        a.command(&[0x0E]);
+        b.command(&[0x0E]);
+        assert_eq!(a.results(), b.results());
+        for rig in [&mut a, &mut b] {
+            rig.setup_dma(DMA_BUF, 512, 0x46);
+            rig.command(&[0xE6, 0x00, 7, 0, 3, 2, 3, 0x1B, 0xFF]);
+            assert_eq!(rig.results(), [0x04, 0, 0, 7, 1, 1, 2]);
+            assert_eq!(rig.mem(DMA_BUF, 512), expected(F144, 7, 0, 3));
+        }
+    }
+
+    #[test]
+    fn saved_state_round_trip_mid_pio_sector() {
+        let mut a = Rig::new(F144, false);
+        a.reset();
+        a.command(&[0x03, 0xAF, 0x03]);
+        a.command(&[0x46, 0x00, 0, 0, 2, 2, 3, 0x1B, 0xFF]);
+        let first: Vec<u8> = (0..100).map(|_| a.inb(0x3F5)).collect();
+        let saved = a.fdc.save();
+        let mut b = Rig::new(F144, false);
+        b.fdc.restore(&saved).unwrap();
+        assert_eq!(b.fdc.save(), saved);
+        assert_eq!(observe(&mut a), observe(&mut b));
+        let rest = |rig: &mut Rig| {
+            let mut data = Vec::new();
+            while rig.inb(0x3F4) & MSR_NDMA != 0 {
+                data.push(rig.inb(0x3F5));
+            }
+            (data, rig.results())
+        };
+        let (ra, rb) = (rest(&mut a), rest(&mut b));
+        assert_eq!(ra, rb);
+        assert_eq!([first, ra.0].concat()[..512], expected(F144, 0, 0, 2));
+    }
+
+    #[test]
+    fn saved_state_refusals() {
+        let saved = busy_fdc().fdc.save();
+        let mut fresh = Rig::new(F144, false);
+        let mut other = saved.clone();
+        other.version = 9;
+        assert!(matches!(
+            fresh.fdc.restore(&other),
+            Err(RestoreError::Version { found: 9, .. })
+        ));
+        let mut cut = saved.clone();
+        cut.data.truncate(20);
+        assert!(matches!(
+            fresh.fdc.restore(&cut),
+            Err(RestoreError::Corrupt { .. })
+        ));
+        let foreign = SavedState {
+            device: "i8042".into(),
+            ..saved.clone()
+        };
+        assert!(matches!(
+            fresh.fdc.restore(&foreign),
+            Err(RestoreError::WrongDevice { .. })
+        ));
+        let mut s: save::FdcStateV1 = postcard::from_bytes(&saved.data).unwrap();
+        s.result_pos = s.result_len + 1;
+        let bad = crate::saved_state::encode("fdc", save::VERSION, &s);
+        assert!(matches!(
+            fresh.fdc.restore(&bad),
+            Err(RestoreError::Corrupt { .. })
+        ));
+        // Another diskette size in the drive.
+        let mut small = Rig::new(FloppyFormat::ALL[1], false);
+        let e = small.fdc.restore(&saved).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the saved state of fdc is damaged: floppy drive 0 holds a 737280-byte diskette, \
+             the snapshot expects a 1474560-byte diskette"
+        );
+        // The refused controllers still work.
+        for rig in [&mut fresh, &mut small] {
+            rig.reset();
+            rig.command(&[0x10]);
+            assert_eq!(rig.results(), [FDC_VERSION]);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! for boot settings such as `etc/show-boot-menu`. The DMA interface is not offered (ID bit 1
 //! clear), so the DMA ports stay unclaimed.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Device, PortIo};
 use std::collections::BTreeMap;
 
@@ -77,6 +78,12 @@ impl FwCfg {
         self.items.insert(FILE_DIR, dir);
     }
 
+    /// Length of the selected item (0 for an unknown selector).
+    fn selected_len(&self) -> usize {
+        self.items.get(&self.selector).map_or(0, Vec::len)
+    }
+
+    /// The next byte of the selected item; past its end, 0 (the offset stays at the end).
     fn next_byte(&mut self) -> u8 {
         let b = self
             .items
@@ -84,7 +91,7 @@ impl FwCfg {
             .and_then(|v| v.get(self.offset))
             .copied()
             .unwrap_or(0);
-        self.offset = self.offset.saturating_add(1);
+        self.offset = (self.offset + 1).min(self.selected_len());
         b
     }
 }
@@ -96,9 +103,60 @@ impl Device for FwCfg {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.selector = 0;
         self.offset = 0;
+    }
+}
+
+/// Saved state of fw_cfg (separate from the runtime type). The items and files are the
+/// machine's configuration, built again by the machine, and not saved.
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`FwCfgStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The fw_cfg device's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct FwCfgStateV1 {
+        /// Selected item.
+        pub selector: u16,
+        /// Read position in the selected item (at most its length).
+        pub offset: u64,
+    }
+}
+
+impl SaveRestore for FwCfg {
+    fn save(&mut self) -> SavedState {
+        let state = save::FwCfgStateV1 {
+            selector: self.selector,
+            offset: self.offset as u64,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the selection and read position; refuses a position beyond the end of the
+    /// selected item as this device holds it (a machine built with other files).
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let dev = "fw_cfg";
+        let s: save::FwCfgStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        let len = self.items.get(&s.selector).map_or(0, Vec::len);
+        let offset = usize::try_from(s.offset).unwrap_or(usize::MAX);
+        ensure(
+            offset <= len,
+            dev,
+            format!(
+                "offset {} beyond the {len} bytes of item {:#06x}",
+                s.offset, s.selector
+            ),
+        )?;
+        self.selector = s.selector;
+        self.offset = offset;
+        Ok(())
     }
 }
 
@@ -162,5 +220,55 @@ mod tests {
         select(&mut d, 0x7777);
         assert_eq!(read(&mut d, 2), [0, 0], "unknown item reads 0");
         assert!(d.add_file(&"x".repeat(60), vec![]).is_err());
+    }
+
+    fn machine() -> FwCfg {
+        let mut d = FwCfg::new(4);
+        d.add_file("etc/show-boot-menu", 1u16.to_le_bytes().to_vec())
+            .unwrap();
+        d.add_file("bootorder", b"/pci@i0cf8/ide@1,1/drive@0/disk@0\n".to_vec())
+            .unwrap();
+        d
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = machine();
+        select(&mut a, FILE_FIRST + 1);
+        assert_eq!(read(&mut a, 5), b"/pci@");
+        let saved = a.save();
+        assert_eq!(saved.device, "fw_cfg");
+        let mut b = machine();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        // The rest of the file, then zeros past its end, on both.
+        assert_eq!(read(&mut b, 40), read(&mut a, 40));
+        assert_eq!(b.save(), a.save());
+        for d in [&mut a, &mut b] {
+            select(d, FILE_DIR);
+        }
+        assert_eq!(read(&mut b, 4 + 2 * 64), read(&mut a, 4 + 2 * 64));
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = machine();
+        select(&mut a, FILE_FIRST);
+        read(&mut a, 1);
+        let saved = a.save();
+        let mut b = machine();
+        select(&mut b, SIGNATURE);
+        read(&mut b, 1);
+        check_refusals(&mut b, &saved);
+        // Beyond the end of the 2-byte file.
+        let bad = edited(&saved, |s: &mut save::FwCfgStateV1| s.offset = 3);
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::FwCfgStateV1| s.offset = u64::MAX);
+        check_corrupt(&mut b, &bad);
+        // A machine without that file.
+        let mut bare = FwCfg::new(4);
+        check_corrupt(&mut bare, &saved);
+        assert_eq!(read(&mut b, 3), b"EMU", "still works");
     }
 }

@@ -3,6 +3,7 @@
 //! control (0x72) are stored and read back; guest RAM behind 0xC0000-0xFFFFF stays RAM.
 
 use crate::pci::ConfigSpace;
+use crate::saved_state::{RestoreError, SaveRestore, SavedState};
 use crate::{Device, PciFunction};
 
 /// First PAM register.
@@ -73,8 +74,42 @@ impl Device for I440fx {
     fn pci(&mut self) -> Option<&mut dyn PciFunction> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         *self = Self::new();
+    }
+}
+
+/// Saved state of the host bridge (separate from the runtime type).
+mod save {
+    use crate::pci::ConfigSpaceState;
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`I440fxStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The host bridge's saved state, version 1: its configuration space (PAM, SMRAM and
+    /// DRAM registers included).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct I440fxStateV1 {
+        /// PCI configuration space.
+        pub config: ConfigSpaceState,
+    }
+}
+
+impl SaveRestore for I440fx {
+    fn save(&mut self) -> SavedState {
+        let state = save::I440fxStateV1 {
+            config: self.config.saved(),
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::I440fxStateV1 = crate::saved_state::decode(state, "i440fx", save::VERSION)?;
+        self.config.restore_saved(&s.config, "i440fx")
     }
 }
 
@@ -143,5 +178,60 @@ mod tests {
         assert_eq!(d.smram(), 0x1A);
         d.config_write(0x72, &[0x42]);
         assert_eq!(d.smram(), 0x12);
+    }
+
+    fn config_bytes(d: &mut I440fx) -> Vec<u8> {
+        (0..=255u8)
+            .map(|o| {
+                let mut b = [0u8];
+                d.config_read(o, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = I440fx::new();
+        a.config_write(0x59, &[0x30, 0x11, 0x33, 0x22, 0x33, 0x33, 0x10]);
+        a.config_write(0x50, &[0x0C, 0, 0x20]);
+        a.config_write(0x60, &[0x04; 8]);
+        a.config_write(0x72, &[0x4A]); // D_OPEN, G_SMRAME
+        a.config_write(0x72, &[0x1A]); // lock
+        let saved = a.save();
+        assert_eq!(saved.device, "i440fx");
+        let mut b = I440fx::new();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert_eq!(config_bytes(&mut b), config_bytes(&mut a));
+        assert_eq!(b.pam(), a.pam());
+        // The lock still holds on the restored bridge.
+        for d in [&mut a, &mut b] {
+            d.config_write(0x72, &[0x42]);
+            d.config_write(0x5A, &[0x33]);
+        }
+        assert_eq!(b.smram(), 0x12);
+        assert_eq!(config_bytes(&mut b), config_bytes(&mut a));
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = I440fx::new();
+        a.config_write(0x59, &[0x30]);
+        let saved = a.save();
+        let mut b = I440fx::new();
+        b.config_write(0x5A, &[0x11]);
+        check_refusals(&mut b, &saved);
+        // SMRAM bits 0-2 are fixed at 010.
+        let bad = edited(&saved, |s: &mut save::I440fxStateV1| {
+            s.config.data[SMRAM] = 0x07
+        });
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::I440fxStateV1| {
+            s.config.data.push(0);
+        });
+        check_corrupt(&mut b, &bad);
+        assert_eq!(b.pam()[1], 0x11, "still works");
     }
 }

@@ -1241,6 +1241,9 @@ impl Device for I8042 {
     fn poll(&mut self) -> Option<&mut dyn Poll> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn crate::saved_state::SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.power_on();
     }
@@ -1252,6 +1255,469 @@ impl PortIo for I8042 {
     }
     fn io_write(&mut self, port: u16, data: &[u8]) {
         crate::write_bytewise(port, data, |p, v| self.write_port(p, v));
+    }
+}
+
+/// Saved state of the controller, its keyboard and its mouse (see [`crate::saved_state`]).
+///
+/// Everything the guest can observe is kept: controller RAM and command byte, the output
+/// buffer and every queued byte (controller, keyboard and mouse replies, scan codes, stream
+/// packets), both devices' modes and parameters, the host events not yet delivered, and the
+/// wire-time hold on the next paced byte as an offset from the clock. Host plumbing (the IRQ
+/// lines, the reset request, the clock and the waker) and the log-once flags are not saved.
+mod save {
+    use super::*;
+    use crate::input::MouseButtons;
+    use crate::saved_state::{decode, encode, ensure, RestoreError, SaveRestore, SavedState};
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`I8042StateV1`].
+    pub(super) const VERSION: u32 = 1;
+    /// The device name saved states carry.
+    const DEVICE: &str = "i8042";
+
+    /// Where an output byte came from.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub(super) enum SideV1 {
+        /// The keyboard port (IRQ1).
+        Keyboard,
+        /// The auxiliary port (IRQ12).
+        Aux,
+    }
+
+    impl From<Side> for SideV1 {
+        fn from(s: Side) -> Self {
+            match s {
+                Side::Keyboard => Self::Keyboard,
+                Side::Aux => Self::Aux,
+            }
+        }
+    }
+
+    impl From<SideV1> for Side {
+        fn from(s: SideV1) -> Self {
+            match s {
+                SideV1::Keyboard => Self::Keyboard,
+                SideV1::Aux => Self::Aux,
+            }
+        }
+    }
+
+    /// The byte in the output buffer.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct OutByteV1 {
+        pub(super) value: u8,
+        pub(super) side: SideV1,
+        pub(super) paced: bool,
+    }
+
+    /// The keyboard.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct KeyboardStateV1 {
+        pub(super) replies: Vec<u8>,
+        pub(super) scan: Vec<u8>,
+        pub(super) scanning: bool,
+        pub(super) set: u8,
+        pub(super) leds: u8,
+        pub(super) typematic: u8,
+        pub(super) param_for: Option<u8>,
+        pub(super) last_sent: u8,
+        /// Keys held, as `Key` discriminants in ascending order.
+        pub(super) held: Vec<u8>,
+        pub(super) drop_host_queue: bool,
+    }
+
+    /// The mouse.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct MouseStateV1 {
+        pub(super) replies: Vec<u8>,
+        pub(super) stream: Vec<u8>,
+        pub(super) param_for: Option<u8>,
+        pub(super) wrap: bool,
+        pub(super) remote: bool,
+        pub(super) reporting: bool,
+        pub(super) scale21: bool,
+        pub(super) resolution: u8,
+        pub(super) rate: u8,
+        pub(super) id: u8,
+        pub(super) rates: [u8; 3],
+        pub(super) buttons: u8,
+        pub(super) dx: i32,
+        pub(super) dy: i32,
+        pub(super) dz: i32,
+        pub(super) ovf_x: bool,
+        pub(super) ovf_y: bool,
+        pub(super) dirty: bool,
+        pub(super) last_packet: [u8; 4],
+        pub(super) last_packet_len: u8,
+        pub(super) last_sent: u8,
+    }
+
+    /// A queued host key event.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) enum HostKeyV1 {
+        /// A key (its `Key` discriminant) going down or up.
+        Event { key: u8, pressed: bool },
+        /// The overflow mark.
+        Overflow,
+    }
+
+    /// A queued host mouse event.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct MouseEventV1 {
+        pub(super) dx: i32,
+        pub(super) dy: i32,
+        pub(super) dz: i32,
+        /// Packet button bits (left 0, right 1, middle 2).
+        pub(super) buttons: u8,
+    }
+
+    /// The whole controller.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub(super) struct I8042StateV1 {
+        pub(super) ram: [u8; 32],
+        pub(super) sys: bool,
+        pub(super) last_write_command: bool,
+        pub(super) output: Option<OutByteV1>,
+        pub(super) last_output: u8,
+        pub(super) replies: Vec<(u8, SideV1)>,
+        pub(super) awaiting: Option<u8>,
+        pub(super) output_port: u8,
+        pub(super) xlate_break: bool,
+        pub(super) keyboard: KeyboardStateV1,
+        pub(super) mouse: MouseStateV1,
+        pub(super) host_keys: Vec<HostKeyV1>,
+        pub(super) host_mouse: Vec<MouseEventV1>,
+        /// Nanoseconds from the moment of saving until a paced byte may enter the output
+        /// buffer (0 when none is held back).
+        pub(super) hold_ns: u64,
+    }
+
+    fn key_from_code(code: u8) -> Option<Key> {
+        Key::ALL.iter().copied().find(|&k| k as u8 == code)
+    }
+
+    fn buttons_from_bits(bits: u8) -> MouseButtons {
+        MouseButtons {
+            left: bits & 1 != 0,
+            right: bits & 2 != 0,
+            middle: bits & 4 != 0,
+        }
+    }
+
+    impl I8042StateV1 {
+        fn from_device(d: &I8042, now: u64) -> Self {
+            let k = &d.keyboard;
+            let m = &d.mouse;
+            Self {
+                ram: d.ram,
+                sys: d.sys,
+                last_write_command: d.last_write_command,
+                output: d.output.map(|o| OutByteV1 {
+                    value: o.value,
+                    side: o.side.into(),
+                    paced: o.paced,
+                }),
+                last_output: d.last_output,
+                replies: d.replies.iter().map(|&(b, s)| (b, s.into())).collect(),
+                awaiting: d.awaiting,
+                output_port: d.output_port,
+                xlate_break: d.xlate_break,
+                keyboard: KeyboardStateV1 {
+                    replies: k.replies.iter().copied().collect(),
+                    scan: k.scan.iter().copied().collect(),
+                    scanning: k.scanning,
+                    set: k.set,
+                    leds: k.leds,
+                    typematic: k.typematic,
+                    param_for: k.param_for,
+                    last_sent: k.last_sent,
+                    held: k.held.iter().map(|&key| key as u8).collect(),
+                    drop_host_queue: k.drop_host_queue,
+                },
+                mouse: MouseStateV1 {
+                    replies: m.replies.iter().copied().collect(),
+                    stream: m.stream.iter().copied().collect(),
+                    param_for: m.param_for,
+                    wrap: m.wrap,
+                    remote: m.remote,
+                    reporting: m.reporting,
+                    scale21: m.scale21,
+                    resolution: m.resolution,
+                    rate: m.rate,
+                    id: m.id,
+                    rates: m.rates,
+                    buttons: m.buttons,
+                    dx: m.dx,
+                    dy: m.dy,
+                    dz: m.dz,
+                    ovf_x: m.ovf_x,
+                    ovf_y: m.ovf_y,
+                    dirty: m.dirty,
+                    last_packet: m.last_packet,
+                    last_packet_len: m.last_packet_len as u8,
+                    last_sent: m.last_sent,
+                },
+                host_keys: d
+                    .host_keys
+                    .iter()
+                    .map(|k| match *k {
+                        HostKey::Event(ev) => HostKeyV1::Event {
+                            key: ev.key as u8,
+                            pressed: ev.pressed,
+                        },
+                        HostKey::Overflow => HostKeyV1::Overflow,
+                    })
+                    .collect(),
+                host_mouse: d
+                    .host_mouse
+                    .iter()
+                    .map(|e| MouseEventV1 {
+                        dx: e.dx,
+                        dy: e.dy,
+                        dz: e.dz,
+                        buttons: e.buttons.packet_bits(),
+                    })
+                    .collect(),
+                hold_ns: d.hold_until.saturating_sub(now),
+            }
+        }
+    }
+
+    /// The restored runtime pieces, all checked.
+    pub(super) struct Restored {
+        pub(super) keyboard: Keyboard,
+        pub(super) mouse: Mouse,
+        pub(super) replies: VecDeque<(u8, Side)>,
+        pub(super) host_keys: VecDeque<HostKey>,
+        pub(super) host_mouse: VecDeque<MouseEvent>,
+        pub(super) output: Option<OutByte>,
+    }
+
+    fn check_keyboard(s: &KeyboardStateV1) -> Result<Keyboard, RestoreError> {
+        let c = |ok, reason: &str| ensure(ok, DEVICE, format!("keyboard: {reason}"));
+        c(
+            s.replies.len() <= KEYBOARD_BUFFER,
+            "too many queued replies",
+        )?;
+        c(
+            s.scan.len() <= KEYBOARD_BUFFER,
+            "too many buffered scan codes",
+        )?;
+        c(matches!(s.set, 1 | 2), "scan code set is not 1 or 2")?;
+        c(s.leds <= 7, "LED bits out of range")?;
+        c(s.typematic <= 0x7F, "typematic byte out of range")?;
+        c(
+            s.param_for
+                .is_none_or(|p| matches!(p, 0xED | 0xF0 | 0xF3 | 0xFB..=0xFD)),
+            "waits for the parameter of a command that takes none",
+        )?;
+        c(
+            s.held.windows(2).all(|w| w[0] < w[1]),
+            "held keys not in ascending order",
+        )?;
+        let mut held = BTreeSet::new();
+        for &code in &s.held {
+            let key = key_from_code(code).filter(|k| k.has_break());
+            c(key.is_some(), &format!("held key {code} does not exist"))?;
+            held.extend(key);
+        }
+        Ok(Keyboard {
+            replies: s.replies.iter().copied().collect(),
+            scan: s.scan.iter().copied().collect(),
+            scanning: s.scanning,
+            set: s.set,
+            leds: s.leds,
+            typematic: s.typematic,
+            param_for: s.param_for,
+            last_sent: s.last_sent,
+            held,
+            drop_host_queue: s.drop_host_queue,
+            unknown: LogOnce::default(),
+        })
+    }
+
+    fn check_mouse(s: &MouseStateV1) -> Result<Mouse, RestoreError> {
+        let c = |ok, reason: &str| ensure(ok, DEVICE, format!("mouse: {reason}"));
+        c(s.replies.len() <= MOUSE_BUFFER, "too many queued replies")?;
+        c(
+            s.stream.len() <= MOUSE_BUFFER,
+            "too many buffered packet bytes",
+        )?;
+        c(
+            s.param_for.is_none_or(|p| matches!(p, 0xE8 | 0xF3)),
+            "waits for the parameter of a command that takes none",
+        )?;
+        c(s.resolution <= 3, "resolution out of range")?;
+        c(SAMPLE_RATES.contains(&s.rate), "sample rate not supported")?;
+        c(
+            s.rates.iter().all(|r| *r == 0 || SAMPLE_RATES.contains(r)),
+            "sample rate history holds an unsupported rate",
+        )?;
+        c(matches!(s.id, 0 | 3), "device ID is not 0 or 3")?;
+        c(s.buttons <= 7, "button bits out of range")?;
+        c(
+            (-STREAM_BACKLOG..=STREAM_BACKLOG).contains(&s.dz),
+            "wheel backlog out of range",
+        )?;
+        c(
+            matches!(s.last_packet_len, 0 | 3 | 4),
+            "last packet length is not 0, 3 or 4",
+        )?;
+        Ok(Mouse {
+            replies: s.replies.iter().copied().collect(),
+            stream: s.stream.iter().copied().collect(),
+            param_for: s.param_for,
+            wrap: s.wrap,
+            remote: s.remote,
+            reporting: s.reporting,
+            scale21: s.scale21,
+            resolution: s.resolution,
+            rate: s.rate,
+            id: s.id,
+            rates: s.rates,
+            buttons: s.buttons,
+            dx: s.dx,
+            dy: s.dy,
+            dz: s.dz,
+            ovf_x: s.ovf_x,
+            ovf_y: s.ovf_y,
+            dirty: s.dirty,
+            last_packet: s.last_packet,
+            last_packet_len: usize::from(s.last_packet_len),
+            last_sent: s.last_sent,
+            unknown: LogOnce::default(),
+        })
+    }
+
+    impl I8042StateV1 {
+        /// Checks every value and builds the runtime pieces that are not plain copies.
+        fn check(&self) -> Result<Restored, RestoreError> {
+            let c = |ok, reason: &str| ensure(ok, DEVICE, reason);
+            c(
+                self.replies.len() <= 16,
+                "too many queued controller replies",
+            )?;
+            c(
+                self.awaiting
+                    .is_none_or(|a| matches!(a, 0x60..=0x7F | 0xD1..=0xD4)),
+                "waits for the data byte of a command that takes none",
+            )?;
+            c(
+                self.output_port & OUT_RESET != 0
+                    && self.output_port & (OUT_OBF | OUT_AUX_OBF) == 0,
+                "output port value impossible",
+            )?;
+            c(
+                self.host_keys.len() <= HOST_QUEUE_LIMIT,
+                "host key queue longer than its limit",
+            )?;
+            c(
+                self.host_mouse.len() <= HOST_QUEUE_LIMIT,
+                "host mouse queue longer than its limit",
+            )?;
+            c(
+                self.hold_ns <= BYTE_TIME_NS,
+                "byte hold longer than a byte time",
+            )?;
+            let mut host_keys = VecDeque::with_capacity(self.host_keys.len());
+            for k in &self.host_keys {
+                host_keys.push_back(match *k {
+                    HostKeyV1::Event { key, pressed } => {
+                        let key = key_from_code(key);
+                        c(key.is_some(), "a queued key event names no key")?;
+                        match key {
+                            Some(key) => HostKey::Event(KeyEvent { key, pressed }),
+                            None => HostKey::Overflow,
+                        }
+                    }
+                    HostKeyV1::Overflow => HostKey::Overflow,
+                });
+            }
+            let mut host_mouse = VecDeque::with_capacity(self.host_mouse.len());
+            for e in &self.host_mouse {
+                c(e.buttons <= 7, "a queued mouse event has unknown buttons")?;
+                host_mouse.push_back(MouseEvent {
+                    dx: e.dx,
+                    dy: e.dy,
+                    dz: e.dz,
+                    buttons: buttons_from_bits(e.buttons),
+                });
+            }
+            Ok(Restored {
+                keyboard: check_keyboard(&self.keyboard)?,
+                mouse: check_mouse(&self.mouse)?,
+                replies: self.replies.iter().map(|&(b, s)| (b, s.into())).collect(),
+                host_keys,
+                host_mouse,
+                output: self.output.as_ref().map(|o| OutByte {
+                    value: o.value,
+                    side: o.side.into(),
+                    paced: o.paced,
+                }),
+            })
+        }
+    }
+
+    impl SaveRestore for I8042 {
+        fn save(&mut self) -> SavedState {
+            let now = self.clock.now_ns();
+            encode(DEVICE, VERSION, &I8042StateV1::from_device(self, now))
+        }
+
+        fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+            let s: I8042StateV1 = decode(state, DEVICE, VERSION)?;
+            let r = s.check()?;
+            // Nothing can fail from here on.
+            let now = self.clock.now_ns();
+            let unknown = (
+                std::mem::take(&mut self.keyboard.unknown),
+                std::mem::take(&mut self.mouse.unknown),
+            );
+            self.ram = s.ram;
+            self.sys = s.sys;
+            self.last_write_command = s.last_write_command;
+            self.output = r.output;
+            self.last_output = s.last_output;
+            self.replies = r.replies;
+            self.awaiting = s.awaiting;
+            self.output_port = s.output_port;
+            self.xlate_break = s.xlate_break;
+            self.keyboard = r.keyboard;
+            self.mouse = r.mouse;
+            (self.keyboard.unknown, self.mouse.unknown) = unknown;
+            self.host_keys = r.host_keys;
+            self.host_mouse = r.host_mouse;
+            self.hold_until = if s.hold_ns == 0 {
+                0
+            } else {
+                now.saturating_add(s.hold_ns)
+            };
+            self.reassert_irqs();
+            // The timer loop does not know this device's deadline yet.
+            self.wake_requested = self.paced_waiting();
+            if self.wake_requested {
+                self.waker.wake();
+            }
+            Ok(())
+        }
+    }
+
+    impl I8042 {
+        /// Drives both interrupt lines to the levels the state implies, whatever they were.
+        fn reassert_irqs(&mut self) {
+            let ctr = self.ctr();
+            let side = self.output.map(|o| o.side);
+            let kbd = side == Some(Side::Keyboard)
+                && ctr & CTR_KBD_INT != 0
+                && ctr & CTR_KBD_DISABLE == 0;
+            let aux =
+                side == Some(Side::Aux) && ctr & CTR_AUX_INT != 0 && ctr & CTR_AUX_DISABLE == 0;
+            self.kbd_line = kbd;
+            self.irq_kbd.set_level(kbd);
+            self.aux_line = aux;
+            self.irq_aux.set_level(aux);
+        }
     }
 }
 
@@ -2008,5 +2474,141 @@ mod tests {
         dev.io_write(0x64, &[0xAE]);
         dev.io_read(0x60, &mut b);
         assert_eq!(b[0], 0x1C);
+    }
+
+    // ---- saved state ----------------------------------------------------------------
+
+    use crate::saved_state::{RestoreError, SaveRestore, SavedState};
+
+    /// A rig in a state worth saving: translation on, LEDs lit, the mouse streaming at 40
+    /// samples/s with resolution 3 and 2:1 scaling, Shift held, key and mouse bytes queued for
+    /// the guest, one paced byte just read (so the next one is held back) and a controller
+    /// reply in the output buffer.
+    fn busy_rig() -> Rig {
+        let mut r = rig();
+        r.set_ctr(CTR_KBD_INT | CTR_AUX_INT | CTR_SYS | CTR_XLATE);
+        assert_eq!(r.kbd(&[0xED, 0x05]), [ACK, ACK]);
+        assert_eq!(r.aux(&[0xF3, 40, 0xE8, 3, 0xE7, 0xF4]), [ACK; 6]);
+        r.dev.key_event(KeyEvent::press(Key::ShiftLeft));
+        for e in type_text("ab").unwrap() {
+            r.dev.key_event(e);
+        }
+        r.dev.mouse_event(MouseEvent::motion(
+            5,
+            -3,
+            MouseButtons { left: true, ..NONE },
+        ));
+        assert_eq!(r.inb(0x60), 0x2A, "Shift make, translated");
+        r.clock.advance(300_000);
+        r.cmd(0x20, None);
+        r
+    }
+
+    /// Every guest-visible answer that does not change the state.
+    fn observe(r: &mut Rig) -> (u8, u8, LedState, bool, usize, bool, bool) {
+        (
+            r.status(),
+            r.dev.command_byte(),
+            r.dev.leds(),
+            r.dev.a20_enabled(),
+            r.dev.pending_host_events(),
+            r.sink.level(KEYBOARD_IRQ),
+            r.sink.level(MOUSE_IRQ),
+        )
+    }
+
+    /// Polls and reads as a guest would, in 100 µs steps: (step, status, byte read).
+    fn run(r: &mut Rig, steps: u32) -> Vec<(u32, u8, Option<u8>)> {
+        let mut seen = Vec::new();
+        for step in 0..steps {
+            r.clock.advance(100_000);
+            let now = r.clock.now_ns();
+            Poll::poll(&mut r.dev, now);
+            let st = r.status();
+            let b = (st & STS_OBF != 0).then(|| r.inb(0x60));
+            seen.push((step, st, b));
+        }
+        seen
+    }
+
+    #[test]
+    fn saved_state_round_trip() {
+        let mut a = busy_rig();
+        let saved = a.dev.save();
+        assert_eq!(saved.device, "i8042");
+        let mut b = rig();
+        // Another process: its clock started elsewhere.
+        b.clock.set(7_000_000_000);
+        b.dev.restore(&saved).unwrap();
+        assert_eq!(observe(&mut a), observe(&mut b));
+        assert!(b.sink.level(KEYBOARD_IRQ), "IRQ1 re-asserted for the reply");
+        assert_eq!(b.dev.save(), saved, "saving the restored device");
+        // The same bytes at the same times, the reply first.
+        let (ra, rb) = (run(&mut a, 200), run(&mut b, 200));
+        assert_eq!(ra, rb);
+        let bytes: Vec<u8> = ra.iter().filter_map(|s| s.2).collect();
+        assert_eq!(bytes[0], CTR_KBD_INT | CTR_AUX_INT | CTR_SYS | CTR_XLATE);
+        assert_eq!(&bytes[1..5], [0x1E, 0x9E, 0x30, 0xB0], "a, b typed");
+        assert_eq!(bytes.len(), 8, "and a 3-byte mouse packet");
+        let first = ra.iter().find(|s| s.2.is_some()).unwrap().0;
+        let second = ra.iter().filter(|s| s.2.is_some()).nth(1).unwrap().0;
+        assert_eq!(
+            (first, second),
+            (0, 6),
+            "the held byte waits out its wire time"
+        );
+        // Device settings survived: mouse status, scan code set, held Shift.
+        assert_eq!(a.aux(&[0xE9]), b.aux(&[0xE9]));
+        assert_eq!(
+            b.aux(&[0xE9]),
+            [ACK, 0x34, 3, 40],
+            "stream, 2:1, left button"
+        );
+        assert_eq!(a.kbd(&[0xF0, 0x00]), b.kbd(&[0xF0, 0x00]));
+        a.dev.release_all_keys();
+        b.dev.release_all_keys();
+        assert_eq!(a.bytes(), b.bytes());
+    }
+
+    #[test]
+    fn saved_state_refusals() {
+        let mut r = busy_rig();
+        let saved = r.dev.save();
+        let mut fresh = rig();
+        let mut other = saved.clone();
+        other.version = 2;
+        assert!(matches!(
+            fresh.dev.restore(&other),
+            Err(RestoreError::Version { found: 2, .. })
+        ));
+        let mut cut = saved.clone();
+        cut.data.truncate(cut.data.len() / 2);
+        assert!(matches!(
+            fresh.dev.restore(&cut),
+            Err(RestoreError::Corrupt { .. })
+        ));
+        let foreign = SavedState {
+            device: "fdc".into(),
+            ..saved.clone()
+        };
+        assert!(matches!(
+            fresh.dev.restore(&foreign),
+            Err(RestoreError::WrongDevice { .. })
+        ));
+        let mut s: save::I8042StateV1 = postcard::from_bytes(&saved.data).unwrap();
+        s.mouse.last_packet_len = 9;
+        let bad = crate::saved_state::encode("i8042", save::VERSION, &s);
+        let e = fresh.dev.restore(&bad).unwrap_err();
+        assert!(e.to_string().contains("last packet length"), "{e}");
+        let mut s: save::I8042StateV1 = postcard::from_bytes(&saved.data).unwrap();
+        s.keyboard.held = vec![0xFF];
+        let bad = crate::saved_state::encode("i8042", save::VERSION, &s);
+        assert!(matches!(
+            fresh.dev.restore(&bad),
+            Err(RestoreError::Corrupt { .. })
+        ));
+        // The refused device still works as before.
+        assert_eq!(fresh.ctr(), CTR_POWER_ON);
+        assert_eq!(fresh.key(Key::A, true), [0x1C]);
     }
 }

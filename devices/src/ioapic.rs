@@ -5,6 +5,7 @@
 //! IOAPIC locked and must not lock any device (it should only talk to the hypervisor).
 //! Pin polarity is stored but not applied: `set_irq(pin, true)` always means "asserted".
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{read_le, write_le, Device, Mmio};
 use hv::MsiMessage;
 use std::sync::Arc;
@@ -202,6 +203,9 @@ impl Device for IoApic {
     fn mmio(&mut self) -> Option<&mut dyn Mmio> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.id = 0;
         self.select = 0;
@@ -211,6 +215,83 @@ impl Device for IoApic {
                 self.sink.route_changed(pin as u8, None);
             }
         }
+    }
+}
+
+/// Saved state of the IOAPIC (separate from the runtime type).
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`IoApicStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The IOAPIC's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct IoApicStateV1 {
+        /// APIC ID (0..16).
+        pub id: u8,
+        /// IOREGSEL.
+        pub select: u8,
+        /// The 24 redirection entries, remote IRR included.
+        pub entries: Vec<u64>,
+        /// Asserted input pins, one bit per pin.
+        pub levels: u32,
+    }
+}
+
+impl SaveRestore for IoApic {
+    fn save(&mut self) -> SavedState {
+        let state = save::IoApicStateV1 {
+            id: self.id,
+            select: self.select,
+            entries: self.entries.to_vec(),
+            levels: self.levels,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the registers and pin levels, tells the sink every pin's route
+    /// ([`MsiSink::route_changed`]), then delivers any asserted, unmasked level-triggered pin
+    /// not awaiting EOI (none in a state saved from a running IOAPIC).
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let dev = "ioapic";
+        let s: save::IoApicStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        ensure(s.id < 16, dev, format!("APIC ID {}", s.id))?;
+        let entries: [u64; IOAPIC_PINS] = match s.entries.as_slice().try_into() {
+            Ok(entries) => entries,
+            Err(_) => {
+                return Err(RestoreError::Corrupt {
+                    device: dev.to_string(),
+                    reason: format!("{} redirection entries (expected 24)", s.entries.len()),
+                })
+            }
+        };
+        for (pin, &entry) in entries.iter().enumerate() {
+            ensure(
+                entry & DELIVERY_STATUS == 0 && (entry & REMOTE_IRR == 0 || entry & LEVEL != 0),
+                dev,
+                format!("pin {pin}: entry {entry:#018x} has impossible status bits"),
+            )?;
+        }
+        ensure(
+            s.levels >> IOAPIC_PINS == 0,
+            dev,
+            format!("pin levels {:#x} name pins beyond 23", s.levels),
+        )?;
+        self.id = s.id;
+        self.select = s.select;
+        self.entries = entries;
+        self.levels = s.levels;
+        for (pin, &entry) in entries.iter().enumerate() {
+            let msi = (entry & MASKED == 0).then(|| Self::entry_msi(entry));
+            self.sink.route_changed(pin as u8, msi);
+        }
+        for (pin, &entry) in entries.iter().enumerate() {
+            if entry & LEVEL != 0 {
+                self.service_level(pin);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -389,5 +470,94 @@ mod tests {
         io.mmio_write(IOAPIC_BASE, &[0x50]);
         assert_eq!(read_reg(&mut io, 0x50), u32::MAX);
         assert!(rec.take().is_empty());
+    }
+
+    fn read_all(io: &mut IoApic) -> Vec<u32> {
+        let mut b = [0u8; 4];
+        io.mmio_read(IOAPIC_BASE, &mut b);
+        let mut v = vec![u32::from_le_bytes(b)];
+        v.extend((0..=0x3Fu8).map(|sel| read_reg(io, sel)));
+        v
+    }
+
+    fn programmed() -> (Arc<Recorder>, IoApic) {
+        let (rec, mut io) = setup();
+        write_reg(&mut io, 0x00, 0x0500_0000); // ID 5
+        write_reg(&mut io, 0x19, 0x0100_0000);
+        write_reg(&mut io, 0x18, 0x0000_0034); // pin 4: edge, vector 0x34
+        write_reg(&mut io, 0x25, 0x0300_0000);
+        write_reg(&mut io, 0x24, 0x0000_8951); // pin 10: level, vector 0x51
+        write_reg(&mut io, 0x36, 0x0001_8062); // pin 19: level, masked
+        write_reg(&mut io, 0x38, 0x0000_0070); // pin 20: edge, vector 0x70
+        io.set_irq(4, true); // edge pin held high
+        io.set_irq(10, true); // level pin in service (remote IRR)
+        io.set_irq(19, true); // masked level pin asserted
+        io.mmio_write(IOAPIC_BASE, &[0x24]); // IOREGSEL left at pin 10
+        rec.take();
+        rec.routes.lock().unwrap().clear();
+        (rec, io)
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let (rec_a, mut a) = programmed();
+        let saved = a.save();
+        assert_eq!(saved.device, "ioapic");
+        let (rec_b, mut b) = setup();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        // The sink learns every route; nothing is delivered again.
+        let routes = rec_b.routes.lock().unwrap().clone();
+        assert_eq!(routes.len(), IOAPIC_PINS);
+        assert_eq!(routes[4], (4, Some(IoApic::entry_msi(a.entry(4)))));
+        assert_eq!(routes[19], (19, None));
+        assert!(rec_b.take().is_empty());
+        let mut sel = [0u8; 4];
+        b.mmio_read(IOAPIC_BASE, &mut sel);
+        assert_eq!(sel[0], 0x24);
+        assert_eq!(read_all(&mut b), read_all(&mut a));
+        assert_eq!(
+            read_reg(&mut b, 0x24) & (1 << 14),
+            1 << 14,
+            "remote IRR kept"
+        );
+        // Behaviour continues identically.
+        for io in [&mut a, &mut b] {
+            io.set_irq(4, true); // still high: no new edge
+            io.end_of_interrupt(0x51); // pin 10 still asserted: delivered again
+            io.set_irq(20, true);
+            write_reg(io, 0x36, 0x0000_8062); // unmasking asserted pin 19 delivers it
+            io.set_irq(4, false);
+            io.set_irq(4, true);
+        }
+        let delivered = rec_a.take();
+        assert_eq!(delivered.len(), 4);
+        assert_eq!(rec_b.take(), delivered);
+        assert_eq!(read_all(&mut b), read_all(&mut a));
+        assert_eq!(b.save(), a.save());
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let (_, mut a) = programmed();
+        let saved = a.save();
+        let (_, mut b) = setup();
+        write_reg(&mut b, 0x10, 0x0000_0041);
+        check_refusals(&mut b, &saved);
+        let bad = edited(&saved, |s: &mut save::IoApicStateV1| {
+            s.entries.push(0);
+        });
+        check_corrupt(&mut b, &bad);
+        // Remote IRR on an edge-triggered pin.
+        let bad = edited(&saved, |s: &mut save::IoApicStateV1| {
+            s.entries[4] |= REMOTE_IRR
+        });
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::IoApicStateV1| s.levels |= 1 << 24);
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::IoApicStateV1| s.id = 16);
+        check_corrupt(&mut b, &bad);
+        assert_eq!(read_reg(&mut b, 0x10), 0x41, "still works");
     }
 }

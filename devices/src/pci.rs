@@ -7,7 +7,9 @@
 //! 0xCFA (2) and 0xCFC (4) — see [`PCI_PORT_RANGES`].
 
 use crate::bus::{lock, SharedDevice};
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{read_le, write_le, Device, PciFunction, PortIo};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -121,6 +123,18 @@ pub struct ConfigSpace {
     write_one_to_clear: [u8; 256],
     bars: [Option<Bar>; 6],
     rom_size: Option<u64>,
+}
+
+/// The saved contents of a [`ConfigSpace`] (saved state, separate from the runtime type).
+///
+/// Devices embed it in their own versioned saved-state structs, so its encoding is part of
+/// every such version: never change this struct; add a new one for a new layout. Only the
+/// 256 bytes are saved: write masks, write-1-to-clear masks and BAR definitions belong to the
+/// device's construction and stay as built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSpaceState {
+    /// The 256 bytes of the space as the guest reads them.
+    pub data: Vec<u8>,
 }
 
 fn set_bytes(array: &mut [u8; 256], offset: usize, bytes: &[u8]) {
@@ -345,6 +359,52 @@ impl ConfigSpace {
                 data.fill(0xFF);
             }
         }
+    }
+
+    /// The space's contents, for the owning device's saved state.
+    pub fn saved(&self) -> ConfigSpaceState {
+        ConfigSpaceState {
+            data: self.data.to_vec(),
+        }
+    }
+
+    /// Puts the contents from `s` back, refusing (with [`RestoreError::Corrupt`] naming
+    /// `device`) a state that is not 256 bytes long or whose read-only bits differ from this
+    /// space's anywhere but in the status register (which the device itself sets): such a
+    /// state belongs to another device, or is damaged. On error the space is unchanged.
+    pub fn restore_saved(
+        &mut self,
+        s: &ConfigSpaceState,
+        device: &str,
+    ) -> Result<(), RestoreError> {
+        let data: [u8; 256] = match s.data.as_slice().try_into() {
+            Ok(data) => data,
+            Err(_) => {
+                return Err(RestoreError::Corrupt {
+                    device: device.to_string(),
+                    reason: format!(
+                        "PCI configuration space of {} bytes (expected 256)",
+                        s.data.len()
+                    ),
+                })
+            }
+        };
+        for (offset, (&saved, &current)) in data.iter().zip(self.data.iter()).enumerate() {
+            if (reg::STATUS..reg::STATUS + 2).contains(&offset) {
+                continue;
+            }
+            let fixed = !self.writable[offset];
+            ensure(
+                (saved ^ current) & fixed == 0,
+                device,
+                format!(
+                    "PCI configuration byte {offset:#04x} is {saved:#04x}, but its read-only \
+                     bits {fixed:#04x} are {current:#04x} on this device"
+                ),
+            )?;
+        }
+        self.data = data;
+        Ok(())
     }
 
     /// Guest write of `data` at `offset`, honouring writable and write-1-to-clear masks.
@@ -664,6 +724,9 @@ impl Device for PciRoot {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.address = 0;
         // The functions reset their own configuration spaces; the windows follow once
@@ -700,6 +763,121 @@ impl PortIo for PciRoot {
                 "pci: non-dword CONFIG_ADDRESS write"
             ),
         }
+    }
+}
+
+/// Saved state of [`PciRoot`]: the CONFIG_ADDRESS latch. The functions on the bus save their
+/// own configuration spaces.
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`PciRootStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The root's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PciRootStateV1 {
+        /// CONFIG_ADDRESS as the guest last wrote it.
+        pub address: u32,
+    }
+}
+
+/// Bits of CONFIG_ADDRESS that can be set (enable, bus, device, function, dword register).
+const CONFIG_ADDRESS_MASK: u32 = 0x80FF_FFFC;
+
+impl SaveRestore for PciRoot {
+    fn save(&mut self) -> SavedState {
+        let state = save::PciRootStateV1 {
+            address: self.address,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores CONFIG_ADDRESS, then recomputes the BAR windows from the functions' current
+    /// configuration spaces: restore the functions first (or call
+    /// [`PciRoot::update_windows`] once they are).
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let name = self.name().to_string();
+        let s: save::PciRootStateV1 = crate::saved_state::decode(state, &name, save::VERSION)?;
+        ensure(
+            s.address & !CONFIG_ADDRESS_MASK == 0,
+            &name,
+            format!("CONFIG_ADDRESS {:#010x} has reserved bits set", s.address),
+        )?;
+        self.address = s.address;
+        self.update_windows();
+        Ok(())
+    }
+}
+
+/// Checks shared by the saved-state tests of every device.
+#[cfg(test)]
+pub(crate) mod saved_state_checks {
+    use crate::saved_state::{RestoreError, SaveRestore, SavedState};
+
+    /// Asserts that `dev` refuses `good` with another version, truncated or garbage data and
+    /// another device's name, and that each refusal leaves `dev` saving what it saved before.
+    pub(crate) fn check_refusals(dev: &mut dyn SaveRestore, good: &SavedState) {
+        let before = dev.save();
+        let mut other_version = good.clone();
+        other_version.version += 1;
+        assert!(
+            matches!(
+                dev.restore(&other_version),
+                Err(RestoreError::Version { .. })
+            ),
+            "another version"
+        );
+        let mut other_device = good.clone();
+        other_device.device.push_str("-other");
+        assert!(
+            matches!(
+                dev.restore(&other_device),
+                Err(RestoreError::WrongDevice { .. })
+            ),
+            "another device's state"
+        );
+        let mut truncated = good.clone();
+        truncated.data.truncate(good.data.len() - 1);
+        assert!(
+            matches!(dev.restore(&truncated), Err(RestoreError::Corrupt { .. })),
+            "truncated data"
+        );
+        let mut garbage = good.clone();
+        garbage.data = vec![0xFF; 3];
+        assert!(
+            matches!(dev.restore(&garbage), Err(RestoreError::Corrupt { .. })),
+            "garbage data"
+        );
+        let mut empty = good.clone();
+        empty.data.clear();
+        assert!(
+            matches!(dev.restore(&empty), Err(RestoreError::Corrupt { .. })),
+            "empty data"
+        );
+        assert_eq!(dev.save(), before, "a refused restore changed the device");
+    }
+
+    /// Asserts that `dev` refuses `bad` as corrupt, naming the device, and is unchanged.
+    pub(crate) fn check_corrupt(dev: &mut dyn SaveRestore, bad: &SavedState) {
+        let before = dev.save();
+        match dev.restore(bad) {
+            Err(e @ RestoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(&bad.device), "{e}")
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(dev.save(), before, "a refused restore changed the device");
+    }
+
+    /// Re-encodes `state` after `edit` changed its decoded value.
+    pub(crate) fn edited<T: serde::Serialize + serde::de::DeserializeOwned>(
+        state: &SavedState,
+        edit: impl FnOnce(&mut T),
+    ) -> SavedState {
+        let mut value: T = postcard::from_bytes(&state.data).expect("decodes");
+        edit(&mut value);
+        crate::saved_state::encode(&state.device, state.version, &value)
     }
 }
 
@@ -984,5 +1162,164 @@ mod tests {
         r.io_write(0xCFC, &0xB000u32.to_le_bytes());
         assert!(!w.io_read(0xC000, &mut b));
         assert!(w.io_read(0xB004, &mut b));
+    }
+}
+
+#[cfg(test)]
+mod save_tests {
+    use super::saved_state_checks::{check_corrupt, check_refusals, edited};
+    use super::*;
+    use crate::bus::shared;
+
+    struct Func(ConfigSpace);
+    impl Device for Func {
+        fn name(&self) -> &str {
+            "func"
+        }
+        fn pci(&mut self) -> Option<&mut dyn PciFunction> {
+            Some(&mut self.0)
+        }
+    }
+
+    fn sample() -> ConfigSpace {
+        let mut c = ConfigSpace::new(0x1234, 0x5678, 0x03, 0x00, 0x00, 0x02);
+        c.add_bar(0, BarKind::Memory32 { prefetchable: true }, 16 << 20)
+            .unwrap();
+        c.add_bar(1, BarKind::Io, 0x20).unwrap();
+        c.add_rom(0x10000).unwrap();
+        c.set_interrupt_pin(1);
+        c
+    }
+
+    fn programmed() -> ConfigSpace {
+        let mut c = sample();
+        c.write(0x10, &0xE000_0000u32.to_le_bytes());
+        c.write(0x14, &0xC001u32.to_le_bytes());
+        c.write(0x30, &0xFEB0_0001u32.to_le_bytes());
+        c.write(reg::COMMAND, &0x0107u16.to_le_bytes());
+        c.write(reg::CACHE_LINE_SIZE, &[0x10, 0x40]);
+        c.write(reg::INTERRUPT_LINE, &[11]);
+        c.set_status_bits(0x2000 | 0x0008);
+        c
+    }
+
+    fn all_bytes(c: &ConfigSpace) -> Vec<u8> {
+        (0..256).map(|o| c.u8(o)).collect()
+    }
+
+    #[test]
+    fn config_space_round_trip() {
+        let original = programmed();
+        let saved = original.saved();
+        let mut restored = sample();
+        restored.restore_saved(&saved, "func").unwrap();
+        assert_eq!(all_bytes(&restored), all_bytes(&original));
+        assert_eq!(restored.saved(), saved);
+        for i in 0..6 {
+            assert_eq!(restored.bar_address(i), original.bar_address(i), "BAR {i}");
+        }
+        assert_eq!(restored.rom_address(), Some(0xFEB0_0000));
+        // Masks still apply after the restore, on both.
+        let mut original = original;
+        for c in [&mut original, &mut restored] {
+            c.write(reg::STATUS, &0x2000u16.to_le_bytes());
+            c.write(0x00, &[0, 0]);
+            c.write(0x14, &u32::MAX.to_le_bytes());
+        }
+        assert_eq!(all_bytes(&restored), all_bytes(&original));
+        assert_eq!(restored.u32(0x14), 0xFFFF_FFE1);
+    }
+
+    #[test]
+    fn config_space_refuses_foreign_or_damaged_contents() {
+        let saved = programmed().saved();
+        let mut c = sample();
+        c.write(reg::INTERRUPT_LINE, &[5]);
+        let before = all_bytes(&c);
+        let refuse = |c: &mut ConfigSpace, s: &ConfigSpaceState| {
+            let e = c.restore_saved(s, "func").unwrap_err();
+            assert!(matches!(e, RestoreError::Corrupt { .. }), "{e:?}");
+            assert!(e.to_string().contains("func"), "{e}");
+        };
+        let mut short = saved.clone();
+        short.data.pop();
+        refuse(&mut c, &short);
+        // Another device's identity.
+        let other = ConfigSpace::new(0x8086, 0x1237, 0x06, 0, 0, 2).saved();
+        refuse(&mut c, &other);
+        // A BAR whose read-only type bits changed (I/O BAR turned into memory).
+        let mut bar = saved.clone();
+        bar.data[0x14] &= !1;
+        refuse(&mut c, &bar);
+        // Address bits below the BAR size are read-only zeros.
+        let mut low = saved.clone();
+        low.data[0x11] = 0x10;
+        refuse(&mut c, &low);
+        assert_eq!(all_bytes(&c), before, "refusals leave the space unchanged");
+        // The status register is the device's own: any bits restore.
+        let mut status = saved.clone();
+        status.data[reg::STATUS + 1] = 0xFF;
+        c.restore_saved(&status, "func").unwrap();
+        assert_eq!(c.u16(reg::STATUS) >> 8, 0xFF);
+    }
+
+    fn root_with(c: ConfigSpace) -> (PciRoot, SharedDevice) {
+        let f = shared(Func(c));
+        let mut r = PciRoot::new();
+        r.register(3, 0, f.clone()).unwrap();
+        (r, f)
+    }
+
+    fn read(r: &mut PciRoot, port: u16, len: usize) -> u32 {
+        let mut b = vec![0u8; len];
+        r.io_read(port, &mut b);
+        read_le(&b) as u32
+    }
+
+    #[test]
+    fn root_round_trip() {
+        let (mut r, f) = root_with(sample());
+        // Program the function through the root, then leave an address selected.
+        for (offset, value) in [(0x14u32, 0xC001u32), (0x10, 0xE000_0000), (0x04, 0x0003)] {
+            r.io_write(0xCF8, &(0x8000_1800 | offset).to_le_bytes());
+            r.io_write(0xCFC, &value.to_le_bytes());
+        }
+        r.io_write(0xCF8, &0x8000_1810u32.to_le_bytes());
+        let saved = r.save();
+        assert_eq!(saved.device, "pci-root");
+        let function_state = lock(&f)
+            .pci()
+            .and_then(|p| p.config_space().map(ConfigSpace::saved))
+            .unwrap();
+
+        // A fresh bus whose function has been restored first.
+        let mut c = sample();
+        c.restore_saved(&function_state, "func").unwrap();
+        let (mut fresh, _) = root_with(c);
+        assert!(
+            !fresh.windows().io_read(0xC004, &mut [0u8; 1]),
+            "no windows yet"
+        );
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.save(), saved);
+        assert_eq!(read(&mut fresh, 0xCF8, 4), read(&mut r, 0xCF8, 4));
+        for port in 0xCFCu16..0xD00 {
+            assert_eq!(
+                read(&mut fresh, port, 1),
+                read(&mut r, port, 1),
+                "{port:#x}"
+            );
+        }
+        // The restore recomputed the windows from the function's BARs.
+        let mut b = [0u8; 1];
+        assert!(fresh.windows().io_read(0xC004, &mut b));
+        assert!(fresh.windows().mmio_read(0xE000_0000, &mut b));
+
+        check_refusals(&mut fresh, &saved);
+        let bad = edited(&saved, |s: &mut save::PciRootStateV1| {
+            s.address = 0x8000_0001
+        });
+        check_corrupt(&mut fresh, &bad);
+        assert_eq!(read(&mut fresh, 0xCF8, 4), 0x8000_1810, "still works");
     }
 }

@@ -7,6 +7,7 @@
 //! machine can kick the boot processor; the notifier is called with the PIC locked and must
 //! not lock any device.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Device, PortIo};
 use std::sync::Arc;
 
@@ -304,6 +305,12 @@ impl Pic {
     }
 
     fn update(&mut self) {
+        self.update_output(false);
+    }
+
+    /// Recomputes the cascade and the INT output; `force` reports the output to the notifier
+    /// even when it did not change (after a restore).
+    fn update_output(&mut self, force: bool) {
         let slave_out = self.chips[1].pending(false).is_some();
         self.chips[0].set_input(2, slave_out);
         if !slave_out {
@@ -312,7 +319,7 @@ impl Pic {
             self.chips[0].irr &= !(1 << 2);
         }
         let out = self.chips[0].pending(true).is_some();
-        if out != self.output {
+        if out != self.output || force {
             self.output = out;
             (self.notify)(out);
         }
@@ -376,6 +383,9 @@ impl Device for Pic {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.chips = [Chip::new(0xF8), Chip::new(0xDE)];
         self.update();
@@ -388,6 +398,147 @@ impl PortIo for Pic {
     }
     fn io_write(&mut self, port: u16, data: &[u8]) {
         crate::write_bytewise(port, data, |p, v| self.write_port(p, v));
+    }
+}
+
+/// Saved state of the PIC pair (separate from the runtime types).
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`PicStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// One 8259A's saved state.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChipStateV1 {
+        /// Input levels as last driven (edge detection).
+        pub inputs: u8,
+        /// Interrupt request register.
+        pub irr: u8,
+        /// Interrupt mask register.
+        pub imr: u8,
+        /// In-service register.
+        pub isr: u8,
+        /// IR with the highest priority (0..8).
+        pub lowest_priority_base: u8,
+        /// ICW2 vector base (low three bits clear).
+        pub vector_base: u8,
+        /// OCW3: reads of the command port return ISR.
+        pub read_isr: bool,
+        /// OCW3: the next command-port read is a poll.
+        pub poll: bool,
+        /// OCW3: special mask mode.
+        pub special_mask: bool,
+        /// Initialization sequence: 0 ready, 1 expecting ICW2, 2 ICW3, 3 ICW4.
+        pub init_state: u8,
+        /// ICW1: ICW4 follows.
+        pub icw4_needed: bool,
+        /// ICW1: single (no cascade).
+        pub single: bool,
+        /// ICW4: automatic EOI.
+        pub auto_eoi: bool,
+        /// OCW2: rotate on automatic EOI.
+        pub rotate_on_auto_eoi: bool,
+        /// ICW4: special fully nested mode.
+        pub special_fully_nested: bool,
+        /// Edge/level control register.
+        pub elcr: u8,
+    }
+
+    /// The PIC pair's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PicStateV1 {
+        /// Master (IRQ 0-7) and slave (IRQ 8-15).
+        pub chips: [ChipStateV1; 2],
+    }
+}
+
+impl Chip {
+    fn saved(&self) -> save::ChipStateV1 {
+        save::ChipStateV1 {
+            inputs: self.inputs,
+            irr: self.irr,
+            imr: self.imr,
+            isr: self.isr,
+            lowest_priority_base: self.lowest_priority_base,
+            vector_base: self.vector_base,
+            read_isr: self.read_isr,
+            poll: self.poll,
+            special_mask: self.special_mask,
+            init_state: self.init_state,
+            icw4_needed: self.icw4_needed,
+            single: self.single,
+            auto_eoi: self.auto_eoi,
+            rotate_on_auto_eoi: self.rotate_on_auto_eoi,
+            special_fully_nested: self.special_fully_nested,
+            elcr: self.elcr,
+        }
+    }
+
+    /// This chip (for its ELCR mask) with the state `s`, checked.
+    fn restored(&self, s: &save::ChipStateV1, which: &str) -> Result<Chip, RestoreError> {
+        let dev = "pic";
+        ensure(
+            s.lowest_priority_base < 8,
+            dev,
+            format!("{which}: priority base {}", s.lowest_priority_base),
+        )?;
+        ensure(
+            s.vector_base & 7 == 0,
+            dev,
+            format!("{which}: vector base {:#04x}", s.vector_base),
+        )?;
+        ensure(
+            s.init_state <= 3,
+            dev,
+            format!("{which}: initialization step {}", s.init_state),
+        )?;
+        ensure(
+            s.elcr & !self.elcr_mask == 0,
+            dev,
+            format!("{which}: ELCR {:#04x} marks edge-only IRQs level", s.elcr),
+        )?;
+        Ok(Chip {
+            inputs: s.inputs,
+            irr: s.irr,
+            imr: s.imr,
+            isr: s.isr,
+            lowest_priority_base: s.lowest_priority_base,
+            vector_base: s.vector_base,
+            read_isr: s.read_isr,
+            poll: s.poll,
+            special_mask: s.special_mask,
+            init_state: s.init_state,
+            icw4_needed: s.icw4_needed,
+            single: s.single,
+            auto_eoi: s.auto_eoi,
+            rotate_on_auto_eoi: s.rotate_on_auto_eoi,
+            special_fully_nested: s.special_fully_nested,
+            elcr: s.elcr,
+            elcr_mask: self.elcr_mask,
+        })
+    }
+}
+
+impl SaveRestore for Pic {
+    fn save(&mut self) -> SavedState {
+        let state = save::PicStateV1 {
+            chips: [self.chips[0].saved(), self.chips[1].saved()],
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores both chips and reports the resulting INT output to the notifier.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::PicStateV1 = crate::saved_state::decode(state, "pic", save::VERSION)?;
+        let [master, slave] = &s.chips;
+        let chips = [
+            self.chips[0].restored(master, "master")?,
+            self.chips[1].restored(slave, "slave")?,
+        ];
+        self.chips = chips;
+        self.update_output(true);
+        Ok(())
     }
 }
 
@@ -578,5 +729,122 @@ mod tests {
         out(&mut pic, 0x20, 0x68); // set special mask mode
         assert!(pic.interrupt_pending());
         assert_eq!(pic.acknowledge(), Some(0x0C));
+    }
+}
+
+#[cfg(test)]
+mod save_tests {
+    use super::*;
+    use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn out(pic: &mut Pic, port: u16, v: u8) {
+        pic.io_write(port, &[v]);
+    }
+    fn inb(pic: &mut Pic, port: u16) -> u8 {
+        let mut b = [0];
+        pic.io_read(port, &mut b);
+        b[0]
+    }
+
+    fn with_output() -> (Pic, Arc<AtomicBool>) {
+        let level = Arc::new(AtomicBool::new(false));
+        let l = level.clone();
+        (
+            Pic::new(Arc::new(move |v| l.store(v, Ordering::SeqCst))),
+            level,
+        )
+    }
+
+    /// Every port read, in a fixed order, IRR and ISR both.
+    fn reads(pic: &mut Pic) -> Vec<u8> {
+        let mut v = Vec::new();
+        for cmd in [0x20u16, 0xA0] {
+            out(pic, cmd, 0x0A);
+            v.push(inb(pic, cmd));
+            out(pic, cmd, 0x0B);
+            v.push(inb(pic, cmd));
+        }
+        for port in [0x21, 0xA1, 0x4D0, 0x4D1] {
+            v.push(inb(pic, port));
+        }
+        v.push(u8::from(pic.interrupt_pending()));
+        v
+    }
+
+    fn programmed() -> (Pic, Arc<AtomicBool>) {
+        let (mut pic, level) = with_output();
+        for (port, v) in [(0x20, 0x11), (0x21, 0x08), (0x21, 0x04), (0x21, 0x01)] {
+            out(&mut pic, port, v);
+        }
+        for (port, v) in [(0xA0, 0x11), (0xA1, 0x70), (0xA1, 0x02), (0xA1, 0x01)] {
+            out(&mut pic, port, v);
+        }
+        out(&mut pic, 0x21, 0x20); // mask IRQ5
+        out(&mut pic, 0xA1, 0x40); // mask IRQ14
+        out(&mut pic, 0x4D1, 0x0C); // IRQ10, IRQ11 level
+        out(&mut pic, 0xA0, 0xC1); // slave rotation: IRQ10 highest there
+        pic.set_irq(4, true);
+        assert_eq!(pic.acknowledge(), Some(0x0C)); // IRQ4 in service
+        pic.set_irq(6, true); // pending behind IRQ4
+        pic.set_irq(5, true); // masked request
+        pic.set_irq(10, true); // level, slave, pending through the cascade
+        pic.set_irq(1, true); // pending, above IRQ4
+        out(&mut pic, 0x20, 0x0B); // reads return ISR
+        (pic, level)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (mut pic, level) = programmed();
+        let saved = pic.save();
+        assert_eq!(saved.device, "pic");
+        let (mut fresh, fresh_level) = with_output();
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.save(), saved);
+        assert!(pic.interrupt_pending());
+        assert_eq!(
+            fresh_level.load(Ordering::SeqCst),
+            level.load(Ordering::SeqCst),
+            "the restore reported the INT output"
+        );
+        assert_eq!(reads(&mut fresh), reads(&mut pic));
+        // Behaviour continues identically: acknowledges, EOIs, new edges, level lines.
+        for p in [&mut pic, &mut fresh] {
+            p.set_irq(7, true);
+            p.set_irq(12, true);
+        }
+        for step in 0..6 {
+            assert_eq!(fresh.acknowledge(), pic.acknowledge(), "step {step}");
+            assert_eq!(reads(&mut fresh), reads(&mut pic), "step {step}");
+            for p in [&mut pic, &mut fresh] {
+                out(p, 0xA0, 0x20);
+                out(p, 0x20, 0x20);
+            }
+            assert_eq!(
+                fresh_level.load(Ordering::SeqCst),
+                level.load(Ordering::SeqCst)
+            );
+        }
+        assert_eq!(fresh.save(), pic.save());
+    }
+
+    #[test]
+    fn refusals() {
+        let (mut pic, _) = programmed();
+        let saved = pic.save();
+        let (mut fresh, _) = with_output();
+        out(&mut fresh, 0x21, 0x5A);
+        check_refusals(&mut fresh, &saved);
+        let bad = edited(&saved, |s: &mut save::PicStateV1| s.chips[1].init_state = 4);
+        check_corrupt(&mut fresh, &bad);
+        // IRQ0 cannot be level-triggered.
+        let bad = edited(&saved, |s: &mut save::PicStateV1| s.chips[0].elcr = 0x01);
+        check_corrupt(&mut fresh, &bad);
+        let bad = edited(&saved, |s: &mut save::PicStateV1| {
+            s.chips[0].vector_base = 0x09
+        });
+        check_corrupt(&mut fresh, &bad);
+        assert_eq!(inb(&mut fresh, 0x21), 0x5A, "still works");
     }
 }

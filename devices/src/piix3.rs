@@ -3,6 +3,7 @@
 //! IRQs. The ELCR lives in [`crate::pic`].
 
 use crate::pci::ConfigSpace;
+use crate::saved_state::{RestoreError, SaveRestore, SavedState};
 use crate::{Device, PciFunction};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -124,9 +125,46 @@ impl Device for Piix3 {
     fn pci(&mut self) -> Option<&mut dyn PciFunction> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.config = Self::reset_config();
         self.sync_routes();
+    }
+}
+
+/// Saved state of the ISA bridge (separate from the runtime type).
+mod save {
+    use crate::pci::ConfigSpaceState;
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`Piix3StateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The ISA bridge's saved state, version 1: its configuration space (PIRQ routes
+    /// included).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Piix3StateV1 {
+        /// PCI configuration space.
+        pub config: ConfigSpaceState,
+    }
+}
+
+impl SaveRestore for Piix3 {
+    fn save(&mut self) -> SavedState {
+        let state = save::Piix3StateV1 {
+            config: self.config.saved(),
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the configuration space and publishes its PIRQ routes to the shared view.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::Piix3StateV1 = crate::saved_state::decode(state, "piix3", save::VERSION)?;
+        self.config.restore_saved(&s.config, "piix3")?;
+        self.sync_routes();
+        Ok(())
     }
 }
 
@@ -182,5 +220,63 @@ mod tests {
         assert_eq!(routes.irq(4), None);
         d.reset();
         assert_eq!(routes.irq(0), None);
+    }
+
+    fn config_bytes(d: &mut Piix3) -> Vec<u8> {
+        (0..=255u8)
+            .map(|o| {
+                let mut b = [0u8];
+                d.config_read(o, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = Piix3::new();
+        a.config_write(0x60, &[10, 10, 11, 0x8B]);
+        a.config_write(0x4C, &[0x4D, 0x00, 0x03, 0x00]);
+        a.config_write(0x69, &[0x02, 0x00, 0x00]);
+        a.config_write(0x80, &[0x01]);
+        let saved = a.save();
+        assert_eq!(saved.device, "piix3");
+        let mut b = Piix3::new();
+        let routes = b.pirq_routes();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert_eq!(config_bytes(&mut b), config_bytes(&mut a));
+        assert_eq!(
+            (0..4).map(|n| routes.irq(n)).collect::<Vec<_>>(),
+            [Some(10), Some(10), Some(11), None],
+            "the shared routes follow the restore"
+        );
+        for d in [&mut a, &mut b] {
+            d.config_write(0x63, &[0x05]);
+        }
+        assert_eq!(b.pirq_to_irq(3), a.pirq_to_irq(3));
+        assert_eq!(config_bytes(&mut b), config_bytes(&mut a));
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = Piix3::new();
+        a.config_write(0x60, &[10, 10, 11, 11]);
+        let saved = a.save();
+        let mut b = Piix3::new();
+        b.config_write(0x60, &[5]);
+        check_refusals(&mut b, &saved);
+        // Reserved bits 4-6 of a PIRQ route register.
+        let bad = edited(&saved, |s: &mut save::Piix3StateV1| {
+            s.config.data[PIRQ_ROUTE] = 0x7A
+        });
+        check_corrupt(&mut b, &bad);
+        // The host bridge's space.
+        let bad = edited(&saved, |s: &mut save::Piix3StateV1| {
+            s.config = crate::i440fx::I440fx::new().config().saved()
+        });
+        check_corrupt(&mut b, &bad);
+        assert_eq!(b.pirq_to_irq(0), Some(5), "still works");
     }
 }

@@ -9,6 +9,7 @@
 //! other values are stored but do not move the block.
 
 use crate::pci::ConfigSpace;
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::system_control::{ResetKind, ResetRequest};
 use crate::{Clock, Device, IrqLine, PciFunction, PortIo};
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub struct Piix4Pm {
     pm1_cnt: u16,
     apm_status: u8,
     sci_level: bool,
+    /// Added to the clock's time for the PM timer. Zero until a restore, which sets it so that
+    /// the timer goes on from the value (and phase) it had when the state was saved.
+    timer_offset_ns: u64,
 }
 
 impl std::fmt::Debug for Piix4Pm {
@@ -77,6 +81,7 @@ impl Piix4Pm {
             pm1_cnt: 0,
             apm_status: 0,
             sci_level: false,
+            timer_offset_ns: 0,
         }
     }
 
@@ -91,8 +96,13 @@ impl Piix4Pm {
         self.update_sci();
     }
 
+    /// Time the PM timer counts in: the clock's time plus the restore offset.
+    fn timer_ns(&self) -> u64 {
+        self.clock.now_ns().saturating_add(self.timer_offset_ns)
+    }
+
     fn timer(&self) -> u32 {
-        ((u128::from(self.clock.now_ns()) * PM_TIMER_HZ / 1_000_000_000) & 0xff_ffff) as u32
+        ((u128::from(self.timer_ns()) * PM_TIMER_HZ / 1_000_000_000) & 0xff_ffff) as u32
     }
 
     fn update_sci(&mut self) {
@@ -172,12 +182,91 @@ impl Device for Piix4Pm {
     fn pci(&mut self) -> Option<&mut dyn PciFunction> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         let (clock, sci, request) = (self.clock.clone(), self.sci.clone(), self.request.clone());
         if self.sci_level {
             sci.set_level(false);
         }
+        // The PM timer runs on through a reset.
+        let timer_offset_ns = self.timer_offset_ns;
         *self = Self::new(clock, sci, request);
+        self.timer_offset_ns = timer_offset_ns;
+    }
+}
+
+/// Saved state of the PM function (separate from the runtime type).
+mod save {
+    use crate::pci::ConfigSpaceState;
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`Piix4PmStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The PM function's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Piix4PmStateV1 {
+        /// PCI configuration space.
+        pub config: ConfigSpaceState,
+        /// PM1 status.
+        pub pm1_sts: u16,
+        /// PM1 enable.
+        pub pm1_en: u16,
+        /// PM1 control (SLP_EN always reads 0).
+        pub pm1_cnt: u16,
+        /// APM status port 0xB3.
+        pub apm_status: u8,
+        /// The PM timer's time at the save, in nanoseconds modulo
+        /// [`super::TIMER_CYCLE_NS`]: its count and the phase of its 3.58 MHz clock.
+        pub timer_ns: u64,
+    }
+}
+
+/// Time after which the PM timer's 24-bit count and its input clock are both back where they
+/// were: 2^24 seconds (3 579 545 × 2^24 ticks).
+const TIMER_CYCLE_NS: u64 = 1_000_000_000 << 24;
+
+impl SaveRestore for Piix4Pm {
+    fn save(&mut self) -> SavedState {
+        let state = save::Piix4PmStateV1 {
+            config: self.config.saved(),
+            pm1_sts: self.pm1_sts,
+            pm1_en: self.pm1_en,
+            pm1_cnt: self.pm1_cnt,
+            apm_status: self.apm_status,
+            timer_ns: self.timer_ns() % TIMER_CYCLE_NS,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores configuration space, PM registers and timer, and drives SCI to match them.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let dev = "piix4-pm";
+        let s: save::Piix4PmStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        let mut config = self.config.clone();
+        config.restore_saved(&s.config, dev)?;
+        ensure(
+            s.pm1_cnt & SLP_EN == 0,
+            dev,
+            format!("PM1 control {:#06x} has SLP_EN set", s.pm1_cnt),
+        )?;
+        ensure(
+            s.timer_ns < TIMER_CYCLE_NS,
+            dev,
+            format!("PM timer time {} ns", s.timer_ns),
+        )?;
+        let clock_now = self.clock.now_ns() % TIMER_CYCLE_NS;
+        self.timer_offset_ns = (s.timer_ns + TIMER_CYCLE_NS - clock_now) % TIMER_CYCLE_NS;
+        self.config = config;
+        self.pm1_sts = s.pm1_sts;
+        self.pm1_en = s.pm1_en;
+        self.pm1_cnt = s.pm1_cnt;
+        self.apm_status = s.apm_status;
+        self.update_sci();
+        self.sci.set_level(self.sci_level);
+        Ok(())
     }
 }
 
@@ -300,5 +389,91 @@ mod tests {
         d.config_write(0x40, &(u32::from(PM_BASE) | 1).to_le_bytes());
         d.config_read(0x40, &mut b);
         assert_eq!(u32::from_le_bytes(b), u32::from(PM_BASE) | 1);
+    }
+
+    fn pm_at(ns: u64) -> (Piix4Pm, ManualClock, Arc<RecordingSink>) {
+        let (d, _, clock, sink) = pm();
+        clock.set(ns);
+        (d, clock, sink)
+    }
+
+    /// Every register as the guest reads it: PM block, APM ports, configuration space.
+    fn reads(d: &mut Piix4Pm) -> Vec<u8> {
+        let mut v = vec![0u8; 0x40 + 2 + 256];
+        let (pm, rest) = v.split_at_mut(0x40);
+        let (apm, config) = rest.split_at_mut(2);
+        d.io_read(PM_BASE, pm);
+        d.io_read(APM_CONTROL, &mut apm[..1]);
+        d.io_read(APM_CONTROL + 1, &mut apm[1..]);
+        for (i, chunk) in config.chunks_mut(4).enumerate() {
+            d.config_read((i * 4) as u8, chunk);
+        }
+        v
+    }
+
+    fn programmed() -> (Piix4Pm, ManualClock, Arc<RecordingSink>) {
+        let (mut d, clock, sink) = pm_at(123_456_789_012);
+        d.config_write(0x40, &(u32::from(PM_BASE) | 1).to_le_bytes());
+        d.config_write(0x80, &[0x01]);
+        d.config_write(0x3c, &[9]);
+        d.io_write(APM_CONTROL, &[ACPI_ENABLE]);
+        d.io_write(APM_CONTROL + 1, &[0x5A]);
+        d.io_write(PM_BASE + 2, &(PWRBTN_STS | TMR_STS).to_le_bytes());
+        d.io_write(PM_BASE + 4, &(SCI_EN | (5 << 10)).to_le_bytes());
+        d.press_power_button();
+        (d, clock, sink)
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let (mut a, clock_a, sink_a) = programmed();
+        assert!(sink_a.level(SCI_IRQ));
+        let saved = a.save();
+        assert_eq!(saved.device, "piix4-pm");
+        let (mut b, clock_b, sink_b) = pm_at(999);
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert!(sink_b.level(SCI_IRQ), "SCI driven on restore");
+        assert_eq!(reads(&mut b), reads(&mut a));
+        // The timer runs on from the same value, tick for tick.
+        for step in [1u64, 279, 280, 1_000_000, 4_686_999_999, 1] {
+            clock_a.advance(step);
+            clock_b.advance(step);
+            assert_eq!(reads(&mut b), reads(&mut a), "after {step}");
+        }
+        for d in [&mut a, &mut b] {
+            d.io_write(PM_BASE, &PWRBTN_STS.to_le_bytes());
+        }
+        assert!(!sink_b.level(SCI_IRQ));
+        assert_eq!(sink_b.level(SCI_IRQ), sink_a.level(SCI_IRQ));
+        assert_eq!(b.save(), a.save());
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let (mut a, _, _) = programmed();
+        let saved = a.save();
+        let (mut b, _, _) = pm_at(5);
+        b.io_write(APM_CONTROL + 1, &[0x11]);
+        check_refusals(&mut b, &saved);
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| s.pm1_cnt |= SLP_EN);
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+            s.timer_ns = TIMER_CYCLE_NS
+        });
+        check_corrupt(&mut b, &bad);
+        // Another function's configuration space.
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+            s.config = crate::i440fx::I440fx::new().config().saved()
+        });
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+            s.config.data.truncate(64)
+        });
+        check_corrupt(&mut b, &bad);
+        let mut apm = [0u8];
+        b.io_read(APM_CONTROL + 1, &mut apm);
+        assert_eq!(apm[0], 0x11, "still works");
     }
 }

@@ -5,6 +5,7 @@
 //! and output from a [`Clock`] at 1.193182 MHz. Channel 0's output drives IRQ0 through
 //! [`Poll`]: each poll delivers at most one rising edge, however many periods were missed.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Clock, Device, IrqLine, Poll, PortIo, TimerWaker};
 use std::sync::Arc;
 
@@ -350,6 +351,10 @@ pub struct Pit {
     line: bool,
     /// Port 0x61 bits 0-3 as written.
     port61: u8,
+    /// Added to the clock's time to get the time the channels count in. Zero until a
+    /// restore, which sets it so that the input clock (and the refresh toggle) keep the
+    /// phase they had when the state was saved.
+    offset_ns: u64,
 }
 
 impl std::fmt::Debug for Pit {
@@ -378,17 +383,23 @@ impl Pit {
             ],
             line: false,
             port61: 0,
+            offset_ns: 0,
         }
+    }
+
+    /// The time the channels count in (the clock's time plus the restore offset).
+    fn now(&self) -> u64 {
+        self.clock.now_ns().saturating_add(self.offset_ns)
     }
 
     /// Output of `channel` (0..3) now; `false` for a nonexistent channel.
     pub fn output(&self, channel: usize) -> bool {
-        let now = self.clock.now_ns();
+        let now = self.now();
         self.channels.get(channel).is_some_and(|c| c.output(now))
     }
 
     fn read_port(&mut self, port: u16) -> u8 {
-        let now = self.clock.now_ns();
+        let now = self.now();
         match port {
             0x40..=0x42 => self.channels[usize::from(port - 0x40)].read(now),
             0x43 => 0xFF, // the control word register is write-only
@@ -404,7 +415,7 @@ impl Pit {
     }
 
     fn write_port(&mut self, port: u16, value: u8) {
-        let now = self.clock.now_ns();
+        let now = self.now();
         match port {
             0x40..=0x42 => {
                 let index = usize::from(port - 0x40);
@@ -457,8 +468,11 @@ impl Device for Pit {
     fn poll(&mut self) -> Option<&mut dyn Poll> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
-        let now = self.clock.now_ns();
+        let now = self.now();
         self.channels = [
             Channel::new(true, now),
             Channel::new(true, now),
@@ -471,6 +485,8 @@ impl Device for Pit {
 
 impl Poll for Pit {
     fn poll(&mut self, now_ns: u64) -> Option<u64> {
+        let offset = self.offset_ns;
+        let now_ns = now_ns.saturating_add(offset);
         let c = &mut self.channels[0];
         let d = c.elapsed(now_ns);
         let edge = c.next_rising(c.polled_ticks).is_some_and(|t| t <= d);
@@ -492,9 +508,206 @@ impl Poll for Pit {
         }
         let next = c.next_rising(d)?;
         let start = ns_to_ticks(c.start_ns);
-        Some(ticks_to_ns(
-            start.saturating_add(next.saturating_sub(c.base_ticks)),
-        ))
+        let deadline = ticks_to_ns(start.saturating_add(next.saturating_sub(c.base_ticks)));
+        Some(deadline.saturating_sub(offset))
+    }
+}
+
+/// Saved state of the PIT (separate from the runtime types). Times are relative: each channel
+/// saves the input clocks it has counted, and the PIT the phase of its input clock.
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`PitStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// One channel's saved state.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelStateV1 {
+        /// Mode as programmed (0-7).
+        pub mode: u8,
+        /// BCD counting.
+        pub bcd: bool,
+        /// Access bits of the control word: 1 low byte, 2 high byte, 3 low then high.
+        pub access: u8,
+        /// Count in input clocks (1..=0x10000, or 1..=10000 in BCD).
+        pub reload: u32,
+        /// A count has been written since the control word.
+        pub loaded: bool,
+        /// Null count status bit.
+        pub null_count: bool,
+        /// Gate input.
+        pub gate: bool,
+        /// Modes 1 and 5: a gate edge started the count.
+        pub triggered: bool,
+        /// Input clocks counted since the count was loaded (or the trigger).
+        pub elapsed_ticks: u64,
+        /// The channel is counting.
+        pub running: bool,
+        /// Low byte of a low-then-high count write in progress.
+        pub write_low: Option<u8>,
+        /// Unlatched low-then-high reads: the next read returns the high byte.
+        pub read_high_next: bool,
+        /// Latched count.
+        pub count_latch: Option<u16>,
+        /// The next latched read returns the high byte.
+        pub latch_high_next: bool,
+        /// Latched status byte.
+        pub status_latch: Option<u8>,
+        /// `elapsed_ticks` at the last poll (edge detection of channel 0).
+        pub polled_ticks: u64,
+    }
+
+    /// The PIT's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PitStateV1 {
+        /// Channels 0, 1 and 2.
+        pub channels: [ChannelStateV1; 3],
+        /// Level last driven on IRQ0.
+        pub irq0_level: bool,
+        /// Port 0x61 bits 0-3.
+        pub port61: u8,
+        /// Time within [`super::PHASE_PERIOD_NS`] at the save: the phase of the input clock
+        /// and of the refresh toggle.
+        pub clock_phase_ns: u64,
+    }
+}
+
+/// A period after which both the 1.193182 MHz input clock (in phase every second) and the
+/// refresh toggle (every 30 170 ns) are back in phase: lcm(10^9, 30 170) ns, about 50 minutes.
+const PHASE_PERIOD_NS: u64 = 3_017_000_000_000;
+
+/// Counts beyond this many input clocks (about 7 700 years) are refused as damaged.
+const MAX_SAVED_TICKS: u64 = 1 << 58;
+
+impl Channel {
+    fn saved(&self, now: u64) -> save::ChannelStateV1 {
+        save::ChannelStateV1 {
+            mode: self.raw_mode,
+            bcd: self.bcd,
+            access: self.access.bits(),
+            reload: self.reload as u32,
+            loaded: self.loaded,
+            null_count: self.null_count,
+            gate: self.gate,
+            triggered: self.triggered,
+            elapsed_ticks: self.elapsed(now),
+            running: self.running,
+            write_low: self.write_low,
+            read_high_next: self.read_high_next,
+            count_latch: self.count_latch,
+            latch_high_next: self.latch_high_next,
+            status_latch: self.status_latch,
+            polled_ticks: self.polled_ticks,
+        }
+    }
+
+    /// The channel `s` describes, counting on from `now`, checked.
+    fn restored(s: &save::ChannelStateV1, now: u64, i: usize) -> Result<Channel, RestoreError> {
+        let dev = "pit";
+        ensure(s.mode <= 7, dev, format!("channel {i}: mode {}", s.mode))?;
+        let access = match s.access {
+            1 => Access::Low,
+            2 => Access::High,
+            3 => Access::LowHigh,
+            a => {
+                return Err(RestoreError::Corrupt {
+                    device: dev.to_string(),
+                    reason: format!("channel {i}: access mode {a}"),
+                })
+            }
+        };
+        let max = if s.bcd { 10_000 } else { 0x10000 };
+        ensure(
+            (1..=max).contains(&s.reload),
+            dev,
+            format!("channel {i}: count {} (BCD: {})", s.reload, s.bcd),
+        )?;
+        ensure(
+            s.elapsed_ticks <= MAX_SAVED_TICKS && s.polled_ticks <= s.elapsed_ticks,
+            dev,
+            format!(
+                "channel {i}: {} clocks elapsed, {} at the last poll",
+                s.elapsed_ticks, s.polled_ticks
+            ),
+        )?;
+        let c = Channel {
+            raw_mode: s.mode,
+            bcd: s.bcd,
+            access,
+            reload: u64::from(s.reload),
+            loaded: s.loaded,
+            null_count: s.null_count,
+            gate: s.gate,
+            triggered: s.triggered,
+            base_ticks: s.elapsed_ticks,
+            start_ns: now,
+            running: s.running,
+            write_low: s.write_low,
+            read_high_next: s.read_high_next,
+            count_latch: s.count_latch,
+            latch_high_next: s.latch_high_next,
+            status_latch: s.status_latch,
+            polled_ticks: s.polled_ticks,
+        };
+        ensure(
+            c.running == c.counting_enabled(),
+            dev,
+            format!("channel {i}: counting state disagrees with its gate and count"),
+        )?;
+        Ok(c)
+    }
+}
+
+impl SaveRestore for Pit {
+    fn save(&mut self) -> SavedState {
+        let now = self.now();
+        let [c0, c1, c2] = &self.channels;
+        let state = save::PitStateV1 {
+            channels: [c0.saved(now), c1.saved(now), c2.saved(now)],
+            irq0_level: self.line,
+            port61: self.port61,
+            clock_phase_ns: now % PHASE_PERIOD_NS,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the channels counting on from now, drives IRQ0 to its saved level and wakes
+    /// the timer loop (channel 0's deadline moved).
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::PitStateV1 = crate::saved_state::decode(state, "pit", save::VERSION)?;
+        ensure(
+            s.clock_phase_ns < PHASE_PERIOD_NS,
+            "pit",
+            format!("clock phase {} ns", s.clock_phase_ns),
+        )?;
+        ensure(
+            s.port61 & !0x0F == 0,
+            "pit",
+            format!("port 0x61 bits {:#04x}", s.port61),
+        )?;
+        let [c0, c1, c2] = &s.channels;
+        ensure(
+            c0.gate && c1.gate && c2.gate == (s.port61 & 1 != 0),
+            "pit",
+            "channel gates disagree with port 0x61",
+        )?;
+        let clock_now = self.clock.now_ns();
+        let offset =
+            (s.clock_phase_ns + PHASE_PERIOD_NS - clock_now % PHASE_PERIOD_NS) % PHASE_PERIOD_NS;
+        let now = clock_now.saturating_add(offset);
+        let channels = [
+            Channel::restored(c0, now, 0)?,
+            Channel::restored(c1, now, 1)?,
+            Channel::restored(c2, now, 2)?,
+        ];
+        self.offset_ns = offset;
+        self.channels = channels;
+        self.port61 = s.port61;
+        self.line = s.irq0_level;
+        self.irq0.set_level(self.line);
+        self.waker.wake();
+        Ok(())
     }
 }
 
@@ -702,5 +915,139 @@ mod tests {
         r.clock.advance(15_085);
         let b = r.inb(0x61) & 0x10;
         assert_ne!(a, b);
+    }
+
+    fn rig_at(ns: u64) -> Rig {
+        let clock = ManualClock::new();
+        clock.set(ns);
+        let sink = Arc::new(RecordingSink::default());
+        let pit = Pit::new(
+            Arc::new(clock.clone()),
+            IrqLine::new(sink.clone(), 0),
+            TimerWaker::noop(),
+        );
+        Rig { clock, sink, pit }
+    }
+
+    /// Every register as the guest reads it (with the read side effects, the same on both).
+    fn reads(r: &mut Rig) -> Vec<u8> {
+        let mut v: Vec<u8> = [0x40, 0x40, 0x41, 0x41, 0x42, 0x42, 0x43, 0x61]
+            .into_iter()
+            .map(|p| r.inb(p))
+            .collect();
+        v.extend((0..3).map(|c| u8::from(r.pit.output(c))));
+        v
+    }
+
+    /// Read-back of status and count of every channel.
+    fn read_back(r: &mut Rig) -> Vec<u8> {
+        r.out(0x43, 0xCE);
+        (0x40..=0x42)
+            .flat_map(|p| [r.inb(p), r.inb(p), r.inb(p)])
+            .collect()
+    }
+
+    fn programmed() -> Rig {
+        let mut r = rig_at(5_123_456_789);
+        r.out(0x43, 0x34); // channel 0: mode 2, 1000 clocks
+        r.out(0x40, 0xE8);
+        r.out(0x40, 0x03);
+        r.tick(500);
+        r.poll(r.clock.now_ns());
+        r.out(0x43, 0x74); // channel 1: mode 2, only the low byte written so far
+        r.out(0x41, 0x34);
+        r.out(0x61, 0x03); // channel 2 gate on, speaker on
+        r.out(0x43, 0xB6); // channel 2: mode 3, 0x200 clocks
+        r.out(0x42, 0x00);
+        r.out(0x42, 0x02);
+        r.tick(77);
+        r.out(0x43, 0x80); // latch channel 2 and read its low byte
+        r.inb(0x42);
+        r.out(0x43, 0xE2); // status latch on channel 0
+        r.clock.advance(123);
+        r
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = programmed();
+        let saved = a.pit.save();
+        assert_eq!(saved.device, "pit");
+        // Another process: its clock started elsewhere, at another phase.
+        let mut b = rig_at(77_000_000_001);
+        b.pit.restore(&saved).unwrap();
+        assert_eq!(b.pit.save(), saved);
+        assert_eq!(b.sink.level(0), a.sink.level(0));
+        assert!(
+            b.sink.level(0),
+            "channel 0's output was high at the last poll"
+        );
+        assert_eq!(reads(&mut b), reads(&mut a));
+        assert_eq!(read_back(&mut b), read_back(&mut a));
+        // Timing continues identically.
+        a.sink.take_changes();
+        b.sink.take_changes();
+        let mut edges = 0;
+        for step in [
+            1u64,
+            837,
+            838,
+            9_999,
+            500_000,
+            838_096,
+            3,
+            1_000_000_000,
+            15_085,
+        ] {
+            a.clock.advance(step);
+            b.clock.advance(step);
+            let da = a.poll(a.clock.now_ns()).map(|d| d - a.clock.now_ns());
+            let db = b.poll(b.clock.now_ns()).map(|d| d - b.clock.now_ns());
+            assert_eq!(db, da, "deadline after {step}");
+            let changes = a.sink.take_changes();
+            edges += changes.iter().filter(|(_, l)| *l).count();
+            assert_eq!(b.sink.take_changes(), changes, "IRQ0 after {step}");
+            assert_eq!(reads(&mut b), reads(&mut a), "registers after {step}");
+        }
+        assert!(edges > 2);
+        // Reprogramming continues identically too.
+        for r in [&mut a, &mut b] {
+            r.out(0x41, 0x12);
+            r.out(0x61, 0x00);
+            r.clock.advance(83_800);
+        }
+        assert_eq!(read_back(&mut b), read_back(&mut a));
+        assert_eq!(b.pit.save(), a.pit.save());
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = programmed();
+        let saved = a.pit.save();
+        let mut b = rig_at(42);
+        b.out(0x43, 0x34);
+        b.out(0x40, 100);
+        b.out(0x40, 0);
+        check_refusals(&mut b.pit, &saved);
+        let bad = edited(&saved, |s: &mut save::PitStateV1| s.channels[1].access = 0);
+        check_corrupt(&mut b.pit, &bad);
+        let bad = edited(&saved, |s: &mut save::PitStateV1| {
+            s.channels[0].reload = 0x10001
+        });
+        check_corrupt(&mut b.pit, &bad);
+        let bad = edited(&saved, |s: &mut save::PitStateV1| {
+            s.channels[0].polled_ticks = s.channels[0].elapsed_ticks + 1
+        });
+        check_corrupt(&mut b.pit, &bad);
+        let bad = edited(&saved, |s: &mut save::PitStateV1| s.port61 = 0x02);
+        check_corrupt(&mut b.pit, &bad);
+        let bad = edited(&saved, |s: &mut save::PitStateV1| {
+            s.clock_phase_ns = u64::MAX
+        });
+        check_corrupt(&mut b.pit, &bad);
+        // Still working: channel 0 counts down from 100.
+        b.tick(10);
+        assert_eq!(b.inb(0x40), 90);
     }
 }

@@ -7,6 +7,7 @@
 //! alarm interrupts set register C flags and assert IRQ8 while IRQF is set; reading register C
 //! clears the flags and the line.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Clock, Device, IrqLine, Poll, PortIo, TimerWaker};
 use std::sync::Arc;
 
@@ -243,6 +244,9 @@ pub struct Rtc {
     /// RTC second last examined for update-ended and alarm interrupts.
     update_second: u64,
     line: bool,
+    /// Added to the clock's time to get the time the RTC runs on. Zero until a restore, which
+    /// sets it so that the periodic interrupt keeps the phase it had when the state was saved.
+    offset_ns: u64,
 }
 
 impl std::fmt::Debug for Rtc {
@@ -291,6 +295,7 @@ impl Rtc {
             periodic_tick: 0,
             update_second: 0,
             line: false,
+            offset_ns: 0,
         };
         rtc.restart_tracking(now);
         rtc.sync_registers(now);
@@ -309,7 +314,7 @@ impl Rtc {
     /// and the century byte, then updates the checksum.
     pub fn apply_pc_config(&mut self, config: &PcCmosConfig) {
         config.write_to(&mut self.cmos);
-        let now = self.clock.now_ns();
+        let now = self.now();
         self.sync_registers(now);
     }
 
@@ -332,7 +337,12 @@ impl Rtc {
 
     /// The RTC's current time in seconds since the Unix epoch.
     pub fn unix_time(&self) -> u64 {
-        self.time_ns(self.clock.now_ns()) / NS_PER_SEC
+        self.time_ns(self.now()) / NS_PER_SEC
+    }
+
+    /// The time the RTC runs on (the clock's time plus the restore offset).
+    fn now(&self) -> u64 {
+        self.clock.now_ns().saturating_add(self.offset_ns)
     }
 
     fn time_ns(&self, now: u64) -> u64 {
@@ -554,7 +564,7 @@ impl Rtc {
     }
 
     fn read_data(&mut self) -> u8 {
-        let now = self.clock.now_ns();
+        let now = self.now();
         let index = usize::from(self.index);
         match index {
             SECONDS | MINUTES | HOURS | DAY_OF_WEEK | DAY_OF_MONTH | MONTH | YEAR | CENTURY => {
@@ -580,7 +590,7 @@ impl Rtc {
     }
 
     fn write_data(&mut self, value: u8) {
-        let now = self.clock.now_ns();
+        let now = self.now();
         let index = usize::from(self.index);
         match index {
             SECONDS | MINUTES | HOURS | DAY_OF_WEEK | DAY_OF_MONTH | MONTH | YEAR | CENTURY => {
@@ -653,6 +663,9 @@ impl Device for Rtc {
     fn poll(&mut self) -> Option<&mut dyn Poll> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.cmos[REG_B] &= !(B_PIE | B_AIE | B_UIE | B_SQWE);
         self.cmos[REG_C] = 0;
@@ -666,8 +679,143 @@ impl Device for Rtc {
 
 impl Poll for Rtc {
     fn poll(&mut self, now_ns: u64) -> Option<u64> {
-        self.update_flags(now_ns);
-        self.next_deadline(now_ns)
+        let now = now_ns.saturating_add(self.offset_ns);
+        self.update_flags(now);
+        self.next_deadline(now)
+            .map(|deadline| deadline.saturating_sub(self.offset_ns))
+    }
+}
+
+/// Saved state of the RTC (separate from the runtime type). The RTC's own time is saved as it
+/// reads now; the periodic interrupt's progress relative to the clock.
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`RtcStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The RTC's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RtcStateV1 {
+        /// The 128 bytes of CMOS RAM, registers 0x00-0x0D included.
+        pub cmos: Vec<u8>,
+        /// Index register (0..128).
+        pub index: u8,
+        /// NMI mask bit of the index port.
+        pub nmi_masked: bool,
+        /// The RTC's time at the save, in nanoseconds since the Unix epoch.
+        pub time_ns: u64,
+        /// The time advances (divider running and SET clear).
+        pub running: bool,
+        /// 32.768 kHz ticks since the periodic interrupt was last examined, capped at the
+        /// start of the previous 0.5 s (beyond that every rate has had its edge).
+        pub periodic_ticks_since: u64,
+        /// RTC second last examined for update-ended and alarm interrupts.
+        pub update_second: u64,
+        /// Time within a second at the save: the phase of the periodic interrupt.
+        pub clock_phase_ns: u64,
+    }
+}
+
+/// Ticks after which every periodic rate (all powers of two up to 2 Hz) is back in phase.
+const PERIODIC_CYCLE_TICKS: u64 = RTC_HZ / 2;
+
+impl SaveRestore for Rtc {
+    fn save(&mut self) -> SavedState {
+        let now = self.now();
+        let tick = now_tick(now);
+        // Any earlier tick than the start of the previous cycle behaves the same way.
+        let cycle_start = tick - tick % PERIODIC_CYCLE_TICKS;
+        let periodic_tick = self.periodic_tick.max(cycle_start.saturating_sub(1));
+        let state = save::RtcStateV1 {
+            cmos: self.cmos.to_vec(),
+            index: self.index,
+            nmi_masked: self.nmi_masked,
+            time_ns: self.time_ns(now),
+            running: self.running,
+            periodic_ticks_since: tick.saturating_sub(periodic_tick),
+            update_second: self.update_second,
+            clock_phase_ns: now % NS_PER_SEC,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores registers, CMOS RAM and time, drives IRQ8 to match register C's IRQF and
+    /// wakes the timer loop.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let dev = "rtc";
+        let s: save::RtcStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        let cmos: [u8; 128] = match s.cmos.as_slice().try_into() {
+            Ok(cmos) => cmos,
+            Err(_) => {
+                return Err(RestoreError::Corrupt {
+                    device: dev.to_string(),
+                    reason: format!("{} bytes of CMOS RAM (expected 128)", s.cmos.len()),
+                })
+            }
+        };
+        ensure(
+            s.index < 128,
+            dev,
+            format!("index register {:#04x}", s.index),
+        )?;
+        ensure(
+            cmos[REG_A] & A_UIP == 0 && cmos[REG_C] & 0x0F == 0,
+            dev,
+            format!(
+                "register A {:#04x} or C {:#04x} holds bits that are never stored",
+                cmos[REG_A], cmos[REG_C]
+            ),
+        )?;
+        ensure(
+            s.clock_phase_ns < NS_PER_SEC,
+            dev,
+            format!("clock phase {} ns", s.clock_phase_ns),
+        )?;
+        let phase_tick = now_tick(s.clock_phase_ns) % PERIODIC_CYCLE_TICKS;
+        ensure(
+            s.periodic_ticks_since <= phase_tick + 1,
+            dev,
+            format!("{} ticks since the periodic check", s.periodic_ticks_since),
+        )?;
+        ensure(
+            s.update_second <= s.time_ns / NS_PER_SEC,
+            dev,
+            format!(
+                "update second {} is after the time {} s",
+                s.update_second,
+                s.time_ns / NS_PER_SEC
+            ),
+        )?;
+        // A second or more ahead of the clock, so the periodic tick never goes below zero.
+        let clock_now = self.clock.now_ns();
+        let offset =
+            NS_PER_SEC + (s.clock_phase_ns + NS_PER_SEC - clock_now % NS_PER_SEC) % NS_PER_SEC;
+        let now = clock_now.saturating_add(offset);
+        let restored = Rtc {
+            clock: self.clock.clone(),
+            irq: self.irq.clone(),
+            waker: self.waker.clone(),
+            cmos,
+            index: s.index,
+            nmi_masked: s.nmi_masked,
+            time_at_anchor: s.time_ns,
+            anchor_ns: now,
+            running: s.running,
+            periodic_tick: now_tick(now).saturating_sub(s.periodic_ticks_since),
+            update_second: s.update_second,
+            line: cmos[REG_C] & C_IRQF != 0,
+            offset_ns: offset,
+        };
+        ensure(
+            restored.running == restored.should_run(),
+            dev,
+            "running state disagrees with registers A and B",
+        )?;
+        restored.irq.set_level(restored.line);
+        restored.waker.wake();
+        *self = restored;
+        Ok(())
     }
 }
 
@@ -1010,5 +1158,124 @@ mod tests {
         // 7 MiB = 7168 KiB = 0x1C00; nothing above 16 MiB.
         assert_eq!((cmos[0x17], cmos[0x18]), (0x00, 0x1C));
         assert_eq!((cmos[0x34], cmos[0x35]), (0, 0));
+    }
+
+    fn rig_at(ns: u64, start: u64) -> Rig {
+        let clock = ManualClock::new();
+        clock.set(ns);
+        let sink = Arc::new(RecordingSink::default());
+        let rtc = Rtc::new(
+            Arc::new(clock.clone()),
+            IrqLine::new(sink.clone(), 8),
+            TimerWaker::noop(),
+            start,
+        );
+        Rig { clock, sink, rtc }
+    }
+
+    /// Every CMOS byte as the guest reads it (register C last: reading it clears it).
+    fn reads(r: &mut Rig) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..128u8)
+            .filter(|&i| i != 0x0C)
+            .map(|i| r.read(i))
+            .collect();
+        v.push(r.read(0x0C));
+        v
+    }
+
+    fn programmed() -> Rig {
+        let mut r = rig_at(3_250_000_123, START);
+        for i in 0x40..0x50 {
+            r.write(i, i * 3);
+        }
+        r.write(0x0F, 0x0A);
+        // Alarm at hh:00:00, any hour (BCD).
+        r.write(0x01, 0x00);
+        r.write(0x03, 0x00);
+        r.write(0x05, 0xC0);
+        r.write(0x0A, 0x2A); // 64 Hz periodic rate
+        r.write(0x0B, 0x02 | B_PIE | B_AIE);
+        r.clock.advance(300_000_000);
+        r.poll(r.clock.now_ns());
+        r.clock.advance(4_000_000);
+        r.rtc.io_write(0x70, &[0x80 | 0x10]); // NMI masked, index 0x10
+        r
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = programmed();
+        assert!(a.sink.level(8));
+        let saved = a.rtc.save();
+        assert_eq!(saved.device, "rtc");
+        // Another process, another clock origin and another wall-clock time at start-up.
+        let mut b = rig_at(17, START + 86_400 * 40);
+        b.rtc.restore(&saved).unwrap();
+        assert_eq!(b.rtc.save(), saved);
+        assert!(b.sink.level(8), "IRQ8 follows the restored IRQF");
+        assert!(b.rtc.nmi_masked());
+        assert_eq!(b.rtc.unix_time(), a.rtc.unix_time());
+        let mut data = [0u8];
+        b.rtc.io_read(0x71, &mut data);
+        assert_eq!(data[0], a.rtc.cmos(0x10), "the index register survived");
+        assert_eq!(reads(&mut b), reads(&mut a));
+        assert_eq!(b.sink.level(8), a.sink.level(8));
+        // Time, periodic, update and alarm interrupts continue identically.
+        a.sink.take_changes();
+        b.sink.take_changes();
+        let mut rises = 0;
+        for step in [
+            1u64,
+            30_517,
+            7_812_499,
+            7_812_501,
+            333_333_333,
+            1_000_000_000,
+            999,
+        ] {
+            a.clock.advance(step);
+            b.clock.advance(step);
+            let da = a.poll(a.clock.now_ns()).map(|d| d - a.clock.now_ns());
+            let db = b.poll(b.clock.now_ns()).map(|d| d - b.clock.now_ns());
+            assert_eq!(db, da, "deadline after {step}");
+            let changes = a.sink.take_changes();
+            rises += changes.iter().filter(|(_, l)| *l).count();
+            assert_eq!(b.sink.take_changes(), changes, "IRQ8 after {step}");
+            assert_eq!(b.read(0x0C), a.read(0x0C), "register C after {step}");
+            for i in [0x00, 0x02, 0x04, 0x07, 0x08, 0x0A] {
+                assert_eq!(b.read(i), a.read(i), "register {i:#x} after {step}");
+            }
+        }
+        assert!(rises >= 3, "{rises}");
+        assert_eq!(b.rtc.save(), a.rtc.save());
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = programmed();
+        let saved = a.rtc.save();
+        let mut b = rig();
+        b.write(0x20, 0x77);
+        check_refusals(&mut b.rtc, &saved);
+        let bad = edited(&saved, |s: &mut save::RtcStateV1| {
+            s.cmos.pop();
+        });
+        check_corrupt(&mut b.rtc, &bad);
+        let bad = edited(&saved, |s: &mut save::RtcStateV1| s.index = 0x80);
+        check_corrupt(&mut b.rtc, &bad);
+        // Running with the divider held in reset.
+        let bad = edited(&saved, |s: &mut save::RtcStateV1| s.cmos[REG_A] = 0x76);
+        check_corrupt(&mut b.rtc, &bad);
+        let bad = edited(&saved, |s: &mut save::RtcStateV1| {
+            s.update_second = u64::MAX
+        });
+        check_corrupt(&mut b.rtc, &bad);
+        let bad = edited(&saved, |s: &mut save::RtcStateV1| {
+            s.periodic_ticks_since = 1 << 20
+        });
+        check_corrupt(&mut b.rtc, &bad);
+        assert_eq!(b.read(0x20), 0x77, "still works");
+        assert_eq!(b.read(0x00), 0x58);
     }
 }

@@ -9,6 +9,7 @@
 //! A20 gating is not emulated (the address line is always enabled); bit 1 of port 0x92 only
 //! reads back.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Device, PortIo};
 use std::sync::Arc;
 
@@ -123,9 +124,62 @@ impl Device for SystemControl {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.port92 &= 0x02;
         self.reset_control = 0;
+    }
+}
+
+/// Saved state of the system control ports (separate from the runtime type).
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`SystemControlStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// The ports' saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SystemControlStateV1 {
+        /// Port 0x92 bits 0-1.
+        pub port92: u8,
+        /// Port 0xCF9 bits 1 and 3.
+        pub reset_control: u8,
+        /// Last POST code written to port 0x80.
+        pub post_code: u8,
+    }
+}
+
+impl SaveRestore for SystemControl {
+    fn save(&mut self) -> SavedState {
+        let state = save::SystemControlStateV1 {
+            port92: self.port92,
+            reset_control: self.reset_control,
+            post_code: self.post_code,
+        };
+        crate::saved_state::encode(self.name(), save::VERSION, &state)
+    }
+
+    /// Restores the three registers; no reset request is made, even with port 0x92 bit 0 set.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let dev = "system-control";
+        let s: save::SystemControlStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        ensure(
+            s.port92 & !0x03 == 0,
+            dev,
+            format!("port 0x92 {:#04x}", s.port92),
+        )?;
+        ensure(
+            s.reset_control & !0x0A == 0,
+            dev,
+            format!("port 0xCF9 {:#04x}", s.reset_control),
+        )?;
+        self.port92 = s.port92;
+        self.reset_control = s.reset_control;
+        self.post_code = s.post_code;
+        Ok(())
     }
 }
 
@@ -195,5 +249,53 @@ mod tests {
         d.io_write(0x80, &[0x55]);
         assert_eq!(inb(&mut d, 0x80), 0x55);
         assert_eq!(d.post_code(), 0x55);
+    }
+
+    fn reads(d: &mut SystemControl) -> Vec<u8> {
+        [0x80, 0x92, 0xCF9].into_iter().map(|p| inb(d, p)).collect()
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let (seen_a, mut a) = setup();
+        a.io_write(0x80, &[0x42]);
+        a.io_write(0x92, &[0x01]); // A20 off, fast reset bit set
+        a.io_write(0xCF9, &[0x0A]);
+        let saved = a.save();
+        assert_eq!(saved.device, "system-control");
+        assert_eq!(*seen_a.lock().unwrap(), vec![ResetKind::Fast]);
+        seen_a.lock().unwrap().clear();
+        let (seen_b, mut b) = setup();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert!(seen_b.lock().unwrap().is_empty(), "no reset on restore");
+        assert_eq!(reads(&mut b), reads(&mut a));
+        assert!(!b.a20_enabled());
+        // Bit 0 is already set: rewriting it is no new edge on either.
+        for d in [&mut a, &mut b] {
+            d.io_write(0x92, &[0x03]);
+            d.io_write(0x92, &[0x02]);
+            d.io_write(0x92, &[0x03]);
+        }
+        assert_eq!(*seen_b.lock().unwrap(), *seen_a.lock().unwrap());
+        assert_eq!(reads(&mut b), reads(&mut a));
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let (_, mut a) = setup();
+        a.io_write(0x80, &[0x42]);
+        let saved = a.save();
+        let (_, mut b) = setup();
+        b.io_write(0x80, &[0x99]);
+        check_refusals(&mut b, &saved);
+        let bad = edited(&saved, |s: &mut save::SystemControlStateV1| s.port92 = 0x07);
+        check_corrupt(&mut b, &bad);
+        let bad = edited(&saved, |s: &mut save::SystemControlStateV1| {
+            s.reset_control = 0x04
+        });
+        check_corrupt(&mut b, &bad);
+        assert_eq!(inb(&mut b, 0x80), 0x99, "still works");
     }
 }

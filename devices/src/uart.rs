@@ -5,6 +5,7 @@
 //! [`RX_QUEUE_LIMIT`]); the guest sees them one at a time through RBR. The IRQ output is gated
 //! by MCR OUT2 as on a PC, and loopback mode disconnects it.
 
+use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
 use crate::{Device, IrqLine, PortIo};
 use std::collections::VecDeque;
 
@@ -304,8 +305,98 @@ impl Device for Uart {
     fn port_io(&mut self) -> Option<&mut dyn PortIo> {
         Some(self)
     }
+    fn save_restore(&mut self) -> Option<&mut dyn SaveRestore> {
+        Some(self)
+    }
     fn reset(&mut self) {
         self.reset_registers();
+    }
+}
+
+/// Saved state of a UART (separate from the runtime type).
+mod save {
+    use serde::{Deserialize, Serialize};
+
+    /// Version of [`UartStateV1`].
+    pub const VERSION: u32 = 1;
+
+    /// A UART's saved state, version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UartStateV1 {
+        /// Received bytes the guest has not read yet, oldest first (at most
+        /// [`super::RX_QUEUE_LIMIT`]).
+        pub rx: Vec<u8>,
+        /// Interrupt enable register.
+        pub ier: u8,
+        /// Line control register.
+        pub lcr: u8,
+        /// Modem control register.
+        pub mcr: u8,
+        /// Line status error bits (overrun, parity, framing, break).
+        pub lsr_errors: u8,
+        /// Modem status register: lines and deltas.
+        pub msr: u8,
+        /// Scratch register.
+        pub scr: u8,
+        /// FIFO control register as stored.
+        pub fcr: u8,
+        /// Divisor latch.
+        pub divisor: u16,
+        /// A THR-empty interrupt is pending.
+        pub thre_pending: bool,
+    }
+}
+
+impl SaveRestore for Uart {
+    fn save(&mut self) -> SavedState {
+        let state = save::UartStateV1 {
+            rx: self.rx.iter().copied().collect(),
+            ier: self.ier,
+            lcr: self.lcr,
+            mcr: self.mcr,
+            lsr_errors: self.lsr_errors,
+            msr: self.msr,
+            scr: self.scr,
+            fcr: self.fcr,
+            divisor: self.divisor,
+            thre_pending: self.thre_pending,
+        };
+        crate::saved_state::encode(&self.name, save::VERSION, &state)
+    }
+
+    /// Restores registers and received bytes and drives the IRQ line to match them.
+    fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
+        let s: save::UartStateV1 = crate::saved_state::decode(state, &self.name, save::VERSION)?;
+        let dev = self.name.as_str();
+        ensure(
+            s.rx.len() <= RX_QUEUE_LIMIT,
+            dev,
+            format!(
+                "{} received bytes queued (at most {RX_QUEUE_LIMIT})",
+                s.rx.len()
+            ),
+        )?;
+        ensure(s.ier & !0x0F == 0, dev, format!("IER {:#04x}", s.ier))?;
+        ensure(s.mcr & !0x1F == 0, dev, format!("MCR {:#04x}", s.mcr))?;
+        ensure(s.fcr & !0xC9 == 0, dev, format!("FCR {:#04x}", s.fcr))?;
+        ensure(
+            s.lsr_errors & !(LSR_ERRORS | LSR_BI) == 0,
+            dev,
+            format!("LSR error bits {:#04x}", s.lsr_errors),
+        )?;
+        self.rx = s.rx.into();
+        self.ier = s.ier;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.lsr_errors = s.lsr_errors;
+        self.msr = s.msr;
+        self.scr = s.scr;
+        self.fcr = s.fcr;
+        self.divisor = s.divisor;
+        self.thre_pending = s.thre_pending;
+        self.update_irq();
+        self.irq.set_level(self.line);
+        Ok(())
     }
 }
 
@@ -482,5 +573,80 @@ mod tests {
         assert_eq!(r.inb(2), 0x02);
         r.out(0, b'!');
         assert_eq!(r.sink.take_changes(), vec![(4, false), (4, true)]);
+    }
+
+    /// Every register as the guest reads it (with the read side effects, the same on both).
+    fn reads(r: &mut Rig) -> Vec<u8> {
+        let mut v: Vec<u8> = [1, 3, 4, 7, 2, 6, 5, 0, 0]
+            .into_iter()
+            .map(|o| r.inb(o))
+            .collect();
+        let lcr = r.inb(3);
+        r.out(3, lcr | 0x80);
+        v.push(r.inb(0));
+        v.push(r.inb(1));
+        r.out(3, lcr);
+        v.push(u8::from(r.sink.level(4)));
+        v
+    }
+
+    fn programmed() -> Rig {
+        let mut r = rig();
+        r.out(3, 0x80 | 0x1B); // DLAB, 8 bits, even parity, 1 stop bit
+        r.out(0, 0x03);
+        r.out(1, 0x00); // 38400 baud
+        r.out(3, 0x1B);
+        r.out(2, 0xC1); // FIFO on, trigger 14
+        r.out(4, 0x0B); // DTR, RTS, OUT2
+        r.out(1, 0x07); // received data, THRE, line status
+        r.out(7, 0xA5);
+        r.uart.push_input(b"hello, world");
+        r.inb(0); // 'h' read
+        r.out(5, 0x08); // a framing error forced through the factory-test write
+        r
+    }
+
+    #[test]
+    fn save_restore_round_trip() {
+        let mut a = programmed();
+        let saved = a.uart.save();
+        assert_eq!(saved.device, "com1");
+        let mut b = rig();
+        b.uart.restore(&saved).unwrap();
+        assert_eq!(b.uart.save(), saved);
+        assert!(a.sink.level(4));
+        assert_eq!(b.sink.level(4), a.sink.level(4), "IRQ4 driven on restore");
+        assert_eq!(b.uart.divisor(), 3);
+        assert_eq!(b.uart.pending_input(), 11);
+        assert_eq!(reads(&mut b), reads(&mut a));
+        // Behaviour continues identically.
+        for r in [&mut a, &mut b] {
+            r.uart.push_input(b"!");
+            r.out(0, b'x');
+        }
+        for _ in 0..12 {
+            assert_eq!(reads(&mut b), reads(&mut a));
+        }
+        assert_eq!(*b.out.lock().unwrap(), *a.out.lock().unwrap());
+        assert_eq!(b.uart.save(), a.uart.save());
+    }
+
+    #[test]
+    fn save_restore_refusals() {
+        use crate::pci::saved_state_checks::{check_corrupt, check_refusals, edited};
+        let mut a = programmed();
+        let saved = a.uart.save();
+        let mut b = rig();
+        b.out(7, 0x11);
+        check_refusals(&mut b.uart, &saved);
+        let bad = edited(&saved, |s: &mut save::UartStateV1| {
+            s.rx = vec![0; RX_QUEUE_LIMIT + 1]
+        });
+        check_corrupt(&mut b.uart, &bad);
+        let bad = edited(&saved, |s: &mut save::UartStateV1| s.ier = 0x10);
+        check_corrupt(&mut b.uart, &bad);
+        let bad = edited(&saved, |s: &mut save::UartStateV1| s.fcr = 0x02);
+        check_corrupt(&mut b.uart, &bad);
+        assert_eq!(b.inb(7), 0x11, "still works");
     }
 }

@@ -139,3 +139,47 @@ fn damaged_or_mismatched_saved_state_is_refused_clearly() {
         .expect("refused");
     assert!(e.to_string().contains("ram.bin"), "{e}");
 }
+
+#[test]
+fn seabios_screen_and_devices_survive_save_and_restore() {
+    let dir = common::scratch("saved-state-seabios");
+    let saved = dir.join("state");
+    let cfg = || MachineConfig {
+        memory_mib: 32,
+        firmware: Some(common::seabios()),
+        vga_bios: Some(common::assets().join("vgabios-stdvga.bin")),
+        ..MachineConfig::default()
+    };
+    let mut a = machine(cfg(), None);
+    a.start().unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let on_screen = |m: &Machine, text: &str| {
+        m.text_screen()
+            .is_some_and(|rows| rows.iter().any(|r| r.contains(text)))
+    };
+    while !on_screen(&a, "Booting from") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.pause();
+    let screen = a.text_screen().expect("text mode");
+    assert!(screen.iter().any(|r| r.contains("SeaBIOS")), "{screen:?}");
+    a.save_state(&saved).unwrap();
+    a.power_off();
+    a.wait();
+
+    // Before it runs a single instruction, the restored machine shows the same screen.
+    let mut b = machine(cfg(), Some(&saved));
+    assert_eq!(b.text_screen().expect("text mode"), screen);
+    // And it runs on: SeaBIOS finishes its boot attempts on the restored devices.
+    let events = b.take_events().unwrap();
+    b.start().unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !on_screen(&b, "No bootable device") && Instant::now() < end {
+        if let Ok(MachineEvent::Off(reason)) = events.recv_timeout(Duration::from_millis(20)) {
+            panic!("the restored machine stopped: {reason:?}");
+        }
+    }
+    assert!(on_screen(&b, "No bootable device"), "{:?}", b.text_screen());
+    b.power_off();
+    b.wait();
+}

@@ -31,7 +31,7 @@ const DEV_OBSOLETE: u8 = 0xA0;
 
 /// Bytes in an ATA sector.
 pub(super) const SECTOR: u64 = 512;
-const MAX_MULTIPLE: u32 = 16;
+pub(super) const MAX_MULTIPLE: u32 = 16;
 /// Sectors a 28-bit command can address.
 const LBA28_SECTORS: u64 = 0x0FFF_FFFF;
 /// Largest capacity CHS translation covers (16383 × 16 × 63).
@@ -306,11 +306,11 @@ pub(super) struct Disk {
     pub(super) backend: Box<dyn BlockBackend>,
     pub(super) sectors: u64,
     default_chs: Chs,
-    chs: Chs,
-    multiple: u32,
-    write_cache: bool,
-    mode: DmaMode,
-    xfer: Xfer,
+    pub(super) chs: Chs,
+    pub(super) multiple: u32,
+    pub(super) write_cache: bool,
+    pub(super) mode: DmaMode,
+    pub(super) xfer: Xfer,
 }
 
 impl Disk {

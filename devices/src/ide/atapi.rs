@@ -10,7 +10,7 @@ use crate::block::BlockBackend;
 
 /// Bytes in a CD-ROM user-data sector.
 pub(super) const SECTOR: u64 = 2048;
-const RAW_SECTOR: u64 = 2352;
+pub(super) const RAW_SECTOR: u64 = 2352;
 /// Larger media are reported as DVDs.
 const CD_MAX_BYTES: u64 = 80 * 60 * 75 * SECTOR;
 const MODEL: &str = "Terrarium DVD-ROM";
@@ -81,11 +81,11 @@ pub(super) enum Source {
 
 /// A reply being sent to the host.
 pub(super) struct Reply {
-    source: Source,
-    total: u64,
-    done: u64,
+    pub(super) source: Source,
+    pub(super) total: u64,
+    pub(super) done: u64,
     /// The byte count limit the host gave with the command.
-    limit: u64,
+    pub(super) limit: u64,
 }
 
 /// What a packet command produced.

@@ -13,6 +13,7 @@
 mod ata;
 mod atapi;
 mod bus_master;
+mod save;
 #[cfg(test)]
 mod tests;
 
@@ -507,6 +508,9 @@ impl Device for Piix3Ide {
         Some(self)
     }
     fn pci(&mut self) -> Option<&mut dyn PciFunction> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn crate::saved_state::SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

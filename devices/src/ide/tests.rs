@@ -1409,3 +1409,212 @@ fn device_reset_stops_a_packet_device_mid_command() {
     rig.command(0, 0x08);
     assert_eq!(rig.status(0), 0x41);
 }
+
+// ---- saved state ------------------------------------------------------------------------
+
+use crate::saved_state::{RestoreError, SaveRestore, SavedState};
+
+/// A rig with a 64-sector disk as primary master and a CD-ROM drive holding `cd` as
+/// secondary master; guest RAM holds a PRD table at 0x1000 (one 4 KiB entry at 0x10000).
+fn snapshot_rig(disk: Vec<u8>, cd: Vec<u8>) -> Rig {
+    let mut rig = Rig::new();
+    rig.ide
+        .attach(0, 0, Drive::HardDisk(Box::new(MemoryBlock::new(disk))))
+        .unwrap();
+    rig.ide
+        .attach(1, 0, Drive::Cdrom(Some(Box::new(MemoryBlock::new(cd)))))
+        .unwrap();
+    rig.prd(0x1000, &[(0x10000, 0x8000_0000 | 4096)]);
+    rig
+}
+
+/// Drives the rig into a state worth saving: bus mastering enabled and both engines'
+/// registers programmed; the disk with MULTIPLE 4, Multiword DMA 2 and INITIALIZE DEVICE
+/// PARAMETERS applied, 700 bytes into a READ MULTIPLE of 10 sectors; the CD-ROM drive locked,
+/// its medium changed by the host (a UNIT ATTENTION pending) and in the middle of an
+/// INQUIRY reply sent in 8-byte chunks.
+fn busy_ide() -> Rig {
+    let mut rig = snapshot_rig(image(64 * 512), image(8 * 2048));
+    rig.enable_bus_master();
+    rig.bm_table(0, 0x1000);
+    rig.bm_write(0, 0, 0x08);
+    rig.bm_write(0, 2, 0x20);
+    rig.bm_table(1, 0x1800);
+    rig.bm_write(1, 2, 0x40);
+    rig.set(0, 2, 4);
+    rig.command(0, 0xC6);
+    rig.set(0, 1, 0x03);
+    rig.set(0, 2, 0x22);
+    rig.command(0, 0xEF);
+    rig.set(0, 2, 32);
+    rig.set(0, 6, 0xA7);
+    rig.command(0, 0x91);
+    assert_eq!(rig.status(0), 0x50);
+    rig.lba28(0, 0, 3, 10);
+    rig.command(0, 0xC4);
+    assert_eq!(
+        rig.read_data(0, 700),
+        image(64 * 512)[3 * 512..3 * 512 + 700]
+    );
+
+    assert!(rig.packet(1, &[0x1E, 0, 0, 0, 1], 0).is_ok());
+    rig.ide
+        .insert_media(1, 0, Box::new(MemoryBlock::new(image(16 * 2048))))
+        .unwrap();
+    assert_eq!(rig.packet(1, &[0x00], 0), Err((0x41, 0x20)));
+    assert_eq!(rig.packet(1, &[0x00], 0), Err((0x41, 0x60)));
+    rig.set(1, 1, 0);
+    rig.set(1, 4, 8);
+    rig.set(1, 5, 0);
+    rig.command(1, 0xA0);
+    rig.write_data(1, &[0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(rig.read_data(1, 8)[..2], [0x05, 0x80]);
+    rig
+}
+
+/// What the guest can read without changing anything: per channel the alternate status,
+/// registers 1–6 and the bus-master block; the configuration space; the interrupt lines.
+fn observe(rig: &mut Rig) -> Vec<u8> {
+    let mut v = Vec::new();
+    for ch in 0..2 {
+        v.push(rig.alt_status(ch));
+        for reg in 1..=6 {
+            v.push(rig.reg(ch, reg));
+        }
+        for reg in 0..8 {
+            v.push(rig.bm_read(ch, reg));
+        }
+        v.push(u8::from(rig.irq(ch)));
+    }
+    let mut config = [0u8; 256];
+    for (i, chunk) in config.chunks_mut(4).enumerate() {
+        rig.ide.config_read(4 * i as u8, chunk);
+    }
+    v.extend_from_slice(&config);
+    v
+}
+
+#[test]
+fn saved_state_round_trip() {
+    let mut a = busy_ide();
+    let saved = a.ide.save();
+    assert_eq!(saved.device, "piix3-ide");
+    let mut b = snapshot_rig(image(64 * 512), image(16 * 2048));
+    b.ide.restore(&saved).unwrap();
+    assert_eq!(observe(&mut a), observe(&mut b));
+    assert!(b.irq(0) && b.irq(1), "both lines re-asserted");
+    assert_eq!(b.ide.save(), saved, "saving the restored device");
+    assert_eq!(b.ide.medium_locked(1, 0), Ok(true));
+
+    // The rest of the PIO read, in blocks of 4, 4 and 2 sectors.
+    let expected = &image(64 * 512)[3 * 512 + 700..13 * 512];
+    for rig in [&mut a, &mut b] {
+        let mut data = rig.read_data(0, 4 * 512 - 700);
+        for len in [4, 2] {
+            assert_eq!(rig.status(0), 0x58);
+            data.extend(rig.read_data(0, len * 512));
+        }
+        assert_eq!(rig.status(0), 0x50);
+        assert_eq!(data, expected);
+        assert_eq!(rig.identify(0, 0xEC)[59], 0x0104, "MULTIPLE 4 kept");
+    }
+    assert_eq!(a.identify(0, 0xEC), b.identify(0, 0xEC));
+
+    // The INQUIRY reply goes on; the unit attention and the lock are still there.
+    for rig in [&mut a, &mut b] {
+        let mut inquiry = Vec::new();
+        while rig.status(1) & 0x08 != 0 {
+            let n = usize::from(rig.reg(1, 4)) | usize::from(rig.reg(1, 5)) << 8;
+            inquiry.extend(rig.read_data(1, n));
+        }
+        assert_eq!(inquiry.len(), 28);
+        assert_eq!(&inquiry[..4], b"TRRM");
+        assert_eq!(rig.request_sense(1), (0x06, 0x28, 0x00));
+        assert_eq!(
+            rig.packet(1, &[0x1B, 0, 0, 0, 0x02], 0),
+            Err((0x41, 0x20)),
+            "the locked tray does not open"
+        );
+        assert_eq!(rig.request_sense(1), (0x02, 0x53, 0x02));
+        let events = rig
+            .packet(1, &[0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8], 8)
+            .unwrap();
+        assert_eq!(events[4..6], [2, 2], "new medium event still pending");
+    }
+
+    // The programmed bus-master engine moves a READ DMA into the same place.
+    for rig in [&mut a, &mut b] {
+        rig.bm_write(0, 2, 0x24);
+        rig.lba28(0, 0, 40, 8);
+        rig.command(0, 0xC8);
+        rig.bm_write(0, 0, 0x09);
+        assert_eq!(rig.bm_read(0, 2), 0x24);
+        assert_eq!(rig.status(0), 0x50);
+        assert_eq!(
+            rig.memory(0x10000, 4096),
+            image(64 * 512)[40 * 512..48 * 512]
+        );
+    }
+    assert_eq!(observe(&mut a), observe(&mut b));
+}
+
+#[test]
+fn saved_state_refusals() {
+    let saved = busy_ide().ide.save();
+    let mut fresh = snapshot_rig(image(64 * 512), image(16 * 2048));
+    let mut other = saved.clone();
+    other.version = 2;
+    assert!(matches!(
+        fresh.ide.restore(&other),
+        Err(RestoreError::Version { found: 2, .. })
+    ));
+    let mut cut = saved.clone();
+    cut.data.truncate(cut.data.len() - 100);
+    assert!(matches!(
+        fresh.ide.restore(&cut),
+        Err(RestoreError::Corrupt { .. })
+    ));
+    let foreign = SavedState {
+        device: "vga".into(),
+        ..saved.clone()
+    };
+    assert!(matches!(
+        fresh.ide.restore(&foreign),
+        Err(RestoreError::WrongDevice { .. })
+    ));
+    // A PIO position past the end of its block.
+    let mut s: save::IdeStateV1 = postcard::from_bytes(&saved.data).unwrap();
+    let d = &mut s.channels[0].devices[0];
+    d.pos = d.end + 2;
+    let bad = crate::saved_state::encode(save::DEVICE, save::VERSION, &s);
+    let e = fresh.ide.restore(&bad).unwrap_err();
+    assert!(e.to_string().contains("PIO position"), "{e}");
+    // Another disk size, another CD, another drive kind.
+    let mut small = snapshot_rig(image(32 * 512), image(16 * 2048));
+    assert_eq!(
+        small.ide.restore(&saved).unwrap_err().to_string(),
+        "the saved state of piix3-ide is damaged: the disk attached at IDE 0:0 has 32 \
+         sectors, the snapshot expects 64"
+    );
+    let mut old_cd = snapshot_rig(image(64 * 512), image(8 * 2048));
+    let e = old_cd.ide.restore(&saved).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("IDE 1:0 holds a 16384-byte medium, the snapshot expects a 32768-byte"),
+        "{e}"
+    );
+    let (mut disk_only, _) = Rig::with_disk(64);
+    let e = disk_only.ide.restore(&saved).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("IDE 1:0 holds no drive, the snapshot expects a CD-ROM drive"),
+        "{e}"
+    );
+    // The refused controllers still work.
+    for rig in [&mut fresh, &mut small] {
+        rig.lba28(0, 0, 1, 1);
+        rig.command(0, 0x20);
+        assert_eq!(rig.read_data(0, 512), image(64 * 512)[512..1024]);
+        assert_eq!(rig.status(0), 0x50);
+    }
+}

@@ -99,6 +99,28 @@ impl Vram {
         }
     }
 
+    /// Video memory holding `bytes` (exactly [`VRAM_SIZE`] of them, else `None`) with the
+    /// latches at `latch`, everything marked as written.
+    pub fn restored(bytes: Vec<u8>, latch: u32) -> Option<Self> {
+        if bytes.len() != VRAM_SIZE {
+            return None;
+        }
+        let mut v = Self {
+            bytes,
+            dirty: vec![0; PAGES / 64],
+            any_dirty: false,
+            font_dirty: true,
+            latch,
+        };
+        v.mark_pages(0, VRAM_SIZE);
+        Some(v)
+    }
+
+    /// The graphics controller's four latch bytes (plane 0 in the low byte).
+    pub fn latch(&self) -> u32 {
+        self.latch
+    }
+
     /// Clears the latches (machine reset); memory contents survive like QEMU's.
     pub fn reset(&mut self) {
         self.latch = 0;

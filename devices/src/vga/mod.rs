@@ -24,6 +24,7 @@ mod cp437;
 mod memory;
 mod registers;
 mod render;
+mod save;
 mod vbe;
 
 #[cfg(test)]
@@ -132,6 +133,9 @@ pub struct StdVga {
     renderer: Renderer,
     framebuffer: SharedFramebuffer,
     clock: Option<Arc<dyn Clock>>,
+    /// Added to the clock's time to place it in the retrace frame (keeps a restored state's
+    /// retrace phase).
+    retrace_offset: u64,
     status_reads: u32,
 }
 
@@ -185,6 +189,7 @@ impl StdVga {
             renderer: Renderer::default(),
             framebuffer,
             clock: None,
+            retrace_offset: 0,
             status_reads: 0,
         }
     }
@@ -273,7 +278,7 @@ impl StdVga {
         self.regs.ar_flip_flop = false;
         let (display_off, retrace) = match &self.clock {
             Some(clock) => {
-                let t = clock.now_ns() % (LINE_NS * FRAME_LINES);
+                let t = self.retrace_ns(clock.now_ns());
                 let line = t / LINE_NS;
                 let blank = line >= 480 || t % LINE_NS >= LINE_NS * 4 / 5;
                 (blank, (490..500).contains(&line))
@@ -286,6 +291,11 @@ impl StdVga {
             }
         };
         u8::from(display_off) | u8::from(retrace) << 3
+    }
+
+    /// Where time `now_ns` of the clock falls inside the 60 Hz frame of the retrace bits.
+    fn retrace_ns(&self, now_ns: u64) -> u64 {
+        now_ns.wrapping_add(self.retrace_offset) % (LINE_NS * FRAME_LINES)
     }
 
     fn read_port(&mut self, port: u16) -> u8 {
@@ -322,6 +332,9 @@ impl Device for StdVga {
         Some(self)
     }
     fn poll(&mut self) -> Option<&mut dyn Poll> {
+        Some(self)
+    }
+    fn save_restore(&mut self) -> Option<&mut dyn crate::saved_state::SaveRestore> {
         Some(self)
     }
     fn reset(&mut self) {

@@ -16,10 +16,22 @@ pub(crate) const GR_COUNT: usize = 16;
 /// Attribute controller register count (palette 0–15, AR10–AR14).
 pub(crate) const AR_COUNT: usize = 0x15;
 
-const SR_MASK: [u8; SR_COUNT] = [0x03, 0x3D, 0x0F, 0x3F, 0x0E, 0x00, 0x00, 0x00];
-const GR_MASK: [u8; GR_COUNT] = [
+/// Bits of each sequencer register that exist.
+pub(crate) const SR_MASK: [u8; SR_COUNT] = [0x03, 0x3D, 0x0F, 0x3F, 0x0E, 0x00, 0x00, 0x00];
+/// Bits of each graphics controller register that exist.
+pub(crate) const GR_MASK: [u8; GR_COUNT] = [
     0x0F, 0x0F, 0x0F, 0x1F, 0x03, 0x7B, 0x0F, 0x0F, 0xFF, 0, 0, 0, 0, 0, 0, 0,
 ];
+/// Bits of each attribute controller register that exist (palette 0–15, AR10–AR14).
+pub(crate) const AR_MASK: [u8; AR_COUNT] = {
+    let mut m = [0x3F; AR_COUNT];
+    m[ar::MODE] = !0x10;
+    m[ar::OVERSCAN] = 0xFF;
+    m[ar::PLANE_ENABLE] = 0x3F;
+    m[ar::PANNING] = 0x0F;
+    m[ar::COLOR_SELECT] = 0x0F;
+    m
+};
 
 /// Sequencer indices.
 pub(crate) mod sr {
@@ -111,12 +123,16 @@ pub(crate) struct Dac {
     pub palette: [u8; 768],
     /// Pel mask (0x3C6), ANDed with the colour index.
     pub pel_mask: u8,
-    read_index: u8,
-    write_index: u8,
-    sub_index: u8,
+    /// Next entry 0x3C9 reads.
+    pub read_index: u8,
+    /// Next entry 0x3C9 writes.
+    pub write_index: u8,
+    /// Component (0–2) of the entry being read or written.
+    pub sub_index: u8,
     /// 0 after the write index was set, 3 after the read index was set (0x3C7 reads).
-    state: u8,
-    cache: [u8; 3],
+    pub state: u8,
+    /// Components written so far for the entry at the write index.
+    pub cache: [u8; 3],
     /// 8 bits per component (set through the Bochs VBE ENABLE register).
     pub eight_bit: bool,
 }
@@ -309,15 +325,9 @@ impl Registers {
 
     fn write_ar(&mut self, value: u8) {
         let index = usize::from(self.ar_index & 0x1F);
-        let value = match index {
-            0x00..=0x0F => value & 0x3F,
-            ar::MODE => value & !0x10,
-            ar::OVERSCAN => value,
-            ar::PLANE_ENABLE => value & 0x3F,
-            ar::PANNING | ar::COLOR_SELECT => value & 0x0F,
-            _ => return,
-        };
-        self.ar[index] = value;
+        if let Some(&mask) = AR_MASK.get(index) {
+            self.ar[index] = value & mask;
+        }
     }
 
     fn write_cr(&mut self, value: u8) {

@@ -1421,3 +1421,208 @@ fn mode_0dh_doubles_pixels_and_lines_and_mode_10h_is_640x350() {
         }
     );
 }
+
+// ---- saved state ------------------------------------------------------------------------
+
+use crate::saved_state::{RestoreError, SaveRestore, SavedState};
+
+/// Every register the guest reads through the ports, read in the same order on any VGA
+/// (leaves the attribute flip-flop reset and the DAC read index moved).
+fn register_dump(v: &mut StdVga) -> Vec<u16> {
+    let mut d: Vec<u16> = Vec::new();
+    let ports = [
+        0x3C0, 0x3C2, 0x3C4, 0x3C6, 0x3C7, 0x3C8, 0x3CA, 0x3CC, 0x3CE, 0x3D4,
+    ];
+    d.extend(ports.iter().map(|&p| u16::from(inb(v, p))));
+    d.extend((0..8).map(|i| u16::from(seq_read(v, i))));
+    d.extend((0..0x19).map(|i| u16::from(crtc_read(v, i))));
+    d.extend((0..16).map(|i| u16::from(gfx_read(v, i))));
+    d.extend((0..0x15).map(|i| u16::from(attr_read(v, i))));
+    d.extend((0..=dispi::INDEX_VIDEO_MEMORY_64K).map(|i| dispi_read(v, i)));
+    outb(v, 0x3C7, 0);
+    d.extend((0..768).map(|_| u16::from(inb(v, 0x3C9))));
+    d
+}
+
+fn frame(v: &StdVga) -> (u32, u32, Vec<u8>) {
+    let fb = v.framebuffer();
+    let fb = fb.lock();
+    (fb.width(), fb.height(), fb.pixels().to_vec())
+}
+
+/// Mode 12h with a programmed palette, planar content, loaded latches, a DAC write one
+/// component in and the attribute flip-flop waiting for a data byte.
+fn planar_snapshot_vga(clock: &ManualClock) -> StdVga {
+    let mut v = planar_vga().with_clock(Arc::new(clock.clone()));
+    for i in 0..16u8 {
+        dac_set(
+            &mut v,
+            MODE_12.attr[usize::from(i)],
+            [i * 4, 63 - i * 4, i * 2],
+        );
+    }
+    gfx(&mut v, 5, 0x02);
+    for y in 0..480u64 {
+        let addr = VGA_WINDOW_BASE + y * 80 + (y % 80);
+        gfx(&mut v, 8, 0xFF >> (y % 8));
+        memr(&mut v, addr);
+        memw(&mut v, addr, (y % 16) as u8);
+    }
+    gfx(&mut v, 5, 0x00);
+    gfx(&mut v, 8, 0xFF);
+    memr(&mut v, VGA_WINDOW_BASE + 80 * 7 + 7);
+    v.render(0);
+    outb(&mut v, 0x3C8, 0x40);
+    outb(&mut v, 0x3C9, 0x11);
+    gfx(&mut v, 5, 0x01);
+    inb(&mut v, 0x3DA);
+    outb(&mut v, 0x3C0, 0x32);
+    v
+}
+
+#[test]
+fn saved_state_round_trip_mode_12h() {
+    let clock_a = ManualClock::new();
+    clock_a.set(12_345_678);
+    let mut a = planar_snapshot_vga(&clock_a);
+    let saved = a.save();
+    assert_eq!(saved.device, "vga");
+    let clock_b = ManualClock::new();
+    clock_b.set(987_654_321_000);
+    let mut b = vga().with_clock(Arc::new(clock_b.clone()));
+    b.render(0);
+    b.restore(&saved).unwrap();
+    assert_eq!(b.save(), saved, "saving the restored device");
+    assert_eq!(b.mode(), a.mode());
+    assert_eq!(b.vram.bytes, a.vram.bytes);
+    assert_eq!(b.vram.latch(), a.vram.latch());
+
+    // The restored VGA redraws everything and draws the same picture.
+    a.render(5);
+    b.render(5);
+    assert!(b.framebuffer().lock().is_full_dirty());
+    assert_eq!(frame(&a), frame(&b));
+    // Retrace bits follow the same phase while both clocks run.
+    let retrace = |v: &mut StdVga, c: &ManualClock| -> Vec<u8> {
+        (0..64)
+            .map(|_| {
+                c.advance(260_000);
+                inb(v, 0x3DA)
+            })
+            .collect()
+    };
+    let ra = retrace(&mut a, &clock_a);
+    assert_eq!(ra, retrace(&mut b, &clock_b));
+    assert!(ra.contains(&0x09) && ra.contains(&0x00));
+    // The flip-flop was reset by those reads; the half-written DAC entry and the latches
+    // (write mode 1 copies them) carry on the same way.
+    for v in [&mut a, &mut b] {
+        outb(v, 0x3C9, 0x22);
+        outb(v, 0x3C9, 0x33);
+        memw(v, VGA_WINDOW_BASE + 80 * 300, 0);
+        gfx(v, 5, 0x00);
+        v.render(10);
+    }
+    assert_eq!(frame(&a), frame(&b));
+    assert_eq!(register_dump(&mut a), register_dump(&mut b));
+    outb(&mut b, 0x3C7, 0x40);
+    assert_eq!([0x3C9; 3].map(|p| inb(&mut b, p)), [0x11, 0x22, 0x33]);
+}
+
+#[test]
+fn saved_state_round_trip_vbe_1024x768x32() {
+    let mut a = vga();
+    vbe_mode(&mut a, 1024, 768, 32);
+    for y in (0..768u64).step_by(7) {
+        let line: Vec<u8> = (0..1024u64 * 4).map(|i| (i ^ y) as u8).collect();
+        a.bar_write(LFB_BAR, y * 4096, &line);
+    }
+    // Through the banked window too.
+    dispi(&mut a, dispi::INDEX_BANK, 40);
+    memw(&mut a, VGA_WINDOW_BASE + 0x1234, 0xAB);
+    a.render(0);
+    let saved = a.save();
+    let mut b = vga();
+    b.restore(&saved).unwrap();
+    assert_eq!(b.save(), saved, "saving the restored device");
+    assert_eq!(b.mode(), a.mode());
+    a.render(0);
+    b.render(0);
+    assert_eq!(frame(&a), frame(&b));
+    assert_eq!(frame(&b).0, 1024);
+    assert_eq!(memr(&mut b, VGA_WINDOW_BASE + 0x1234), 0xAB, "bank kept");
+    // Panning goes on the same way.
+    for v in [&mut a, &mut b] {
+        dispi(v, dispi::INDEX_Y_OFFSET, 3);
+        v.render(0);
+    }
+    assert_eq!(frame(&a), frame(&b));
+    assert_eq!(register_dump(&mut a), register_dump(&mut b));
+}
+
+#[test]
+fn saved_state_refusals() {
+    let clock = ManualClock::new();
+    let saved = planar_snapshot_vga(&clock).save();
+    let mut fresh = vga();
+    let mut other = saved.clone();
+    other.version = 3;
+    assert!(matches!(
+        fresh.restore(&other),
+        Err(RestoreError::Version { found: 3, .. })
+    ));
+    let mut cut = saved.clone();
+    cut.data.truncate(cut.data.len() - 5000);
+    assert!(matches!(
+        fresh.restore(&cut),
+        Err(RestoreError::Corrupt { .. })
+    ));
+    let foreign = SavedState {
+        device: "piix3-ide".into(),
+        ..saved.clone()
+    };
+    assert!(matches!(
+        fresh.restore(&foreign),
+        Err(RestoreError::WrongDevice { .. })
+    ));
+    let tamper = |f: &dyn Fn(&mut save::VgaStateV1)| {
+        let mut s: save::VgaStateV1 = postcard::from_bytes(&saved.data).unwrap();
+        f(&mut s);
+        crate::saved_state::encode(save::DEVICE, save::VERSION, &s)
+    };
+    let e = fresh
+        .restore(&tamper(&|s| s.vram_size = 8 << 20))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the saved state of vga is damaged: video memory of 8388608 bytes, this VGA has 16777216"
+    );
+    for bad in [
+        tamper(&|s| s.vram_pages[0].index = 1 << 20),
+        tamper(&|s| s.vram_pages[0].bytes.0.push(0)),
+        tamper(&|s| s.regs.dac.sub_index = 3),
+        tamper(&|s| s.regs.sr_index = 9),
+        tamper(&|s| s.vbe.regs[usize::from(dispi::INDEX_BANK)] = 999),
+    ] {
+        assert!(matches!(
+            fresh.restore(&bad),
+            Err(RestoreError::Corrupt { .. })
+        ));
+    }
+    // A mode's registers that do not follow from each other.
+    let mut v = vga();
+    vbe_mode(&mut v, 640, 480, 32);
+    let vbe_saved = v.save();
+    let mut s: save::VgaStateV1 = postcard::from_bytes(&vbe_saved.data).unwrap();
+    s.vbe.line_offset = 1;
+    let bad = crate::saved_state::encode(save::DEVICE, save::VERSION, &s);
+    assert!(matches!(
+        fresh.restore(&bad),
+        Err(RestoreError::Corrupt { .. })
+    ));
+    // The refused VGA still works as a fresh one.
+    assert_eq!(register_dump(&mut fresh), register_dump(&mut vga()));
+    set_mode(&mut fresh, &MODE_12);
+    fresh.render(0);
+    assert_eq!(fresh.mode(), planar_vga().mode());
+}

@@ -86,6 +86,44 @@ impl Default for Vbe {
 }
 
 impl Vbe {
+    /// The ten ordinary DISPI registers, the pitch and the start offset, for saved state.
+    pub fn saved_parts(&self) -> ([u16; INDEX_COUNT], u32, u32) {
+        (self.regs, self.line_offset, self.start)
+    }
+
+    /// Rebuilds the interface from [`Self::saved_parts`] and the index register, or `None`
+    /// when the values are not ones the interface can hold: an ID outside B0C0–B0C5, a bank
+    /// past the end of video memory, or (while a mode is on) registers that are not in range
+    /// or a pitch and start that do not follow from them.
+    pub fn from_saved(
+        index: u16,
+        regs: [u16; INDEX_COUNT],
+        line_offset: u32,
+        start: u32,
+    ) -> Option<Self> {
+        let v = Self {
+            index,
+            regs,
+            line_offset,
+            start,
+        };
+        let banks = (VRAM_SIZE >> 16) as u16;
+        if !(ID0..=ID5).contains(&v.reg(INDEX_ID)) || v.reg(INDEX_BANK) >= banks {
+            return None;
+        }
+        if v.enabled() {
+            let mut fixed = v.clone();
+            fixed.fixup();
+            let same = fixed.regs == v.regs
+                && fixed.line_offset == v.line_offset
+                && fixed.start == v.start;
+            if !same {
+                return None;
+            }
+        }
+        Some(v)
+    }
+
     fn reg(&self, index: u16) -> u16 {
         self.regs[usize::from(index)]
     }

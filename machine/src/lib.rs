@@ -345,11 +345,7 @@ impl Machine {
         let memory = self.control.memory().ok_or_else(|| {
             saved::SavedStateError::Vcpu("the machine has no memory attached".into())
         })?;
-        saved::write_file_atomic(&dir.join(saved::RAM_FILE), |f| {
-            let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
-            memory.save(&mut w)?;
-            std::io::Write::flush(&mut w)
-        })?;
+        saved::write_file_atomic(&dir.join(saved::RAM_FILE), |f| memory.save(f))?;
         state.write(&dir.join(saved::STATE_FILE))?;
         Ok(())
     }

@@ -140,19 +140,13 @@ impl MemoryMap {
         Self::assemble(ram_size, ram)
     }
 
-    /// Writes all RAM to `out`, region after region.
-    pub fn save(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let mut buf = vec![0u8; 4 << 20];
+    /// Writes all RAM to `out`, region after region, straight from guest memory.
+    pub fn save(&self, out: &mut std::fs::File) -> std::io::Result<()> {
+        use vm_memory::Bytes as _;
         for r in &self.ram {
-            let len = r.len();
-            let mut off = 0u64;
-            while off < len {
-                let n = (len - off).min(buf.len() as u64) as usize;
-                r.read_slice(&mut buf[..n], MemoryRegionAddress(off))
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                out.write_all(&buf[..n])?;
-                off += n as u64;
-            }
+            let len = r.len() as usize;
+            r.write_all_volatile_to(MemoryRegionAddress(0), out, len)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     }

@@ -319,7 +319,9 @@ pub struct MachineStateV1 {
     pub devices: Vec<SavedState>,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder: write, sync, rename.
+/// Writes `path` through a temporary file in the same folder: `write` fills it, then it is
+/// synced and renamed over `path`, and the folder is synced; on failure the temporary file is
+/// removed and `path` is untouched.
 pub fn write_file_atomic(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,

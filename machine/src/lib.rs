@@ -329,6 +329,14 @@ impl Machine {
     /// file is written under a temporary name and renamed, so a failure (a full disk) leaves
     /// an earlier state in `dir` whole and the machine untouched.
     pub fn save_state(&self, dir: &std::path::Path) -> Result<(), MachineError> {
+        if self.config.irqchip != IrqChipMode::Split {
+            return Err(saved::SavedStateError::Mismatch(
+                "saving needs the interrupt controllers in Terrarium (split irqchip); the \
+                 in-kernel ones cannot be saved yet"
+                    .into(),
+            )
+            .into());
+        }
         let vcpus = self
             .control
             .capture_vcpus()

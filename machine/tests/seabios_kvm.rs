@@ -95,3 +95,34 @@ fn pause_resume_reset_power_off() {
     assert_eq!(vm.wait(), OffReason::Requested);
     assert_eq!(vm.state(), RunState::Off);
 }
+
+/// Saved mid-POST on KVM and restored into a new KVM machine, SeaBIOS carries on to its boot
+/// attempt without starting over.
+#[test]
+fn post_continues_after_save_and_restore() {
+    let dir = common::scratch("kvm-saved-state");
+    let (vm, events) = start(1, IrqChipMode::Split);
+    let mut log = String::new();
+    debug_until(&events, &mut log, "Found 1 cpu(s)", 1);
+    vm.pause();
+    vm.save_state(&dir).expect("save");
+    drop(vm);
+
+    let config = MachineConfig {
+        memory_mib: 128,
+        firmware: Some(common::seabios()),
+        ..MachineConfig::default()
+    };
+    let partition = create_partition(Backend::Kvm, 1, IrqChipMode::Split).expect("KVM partition");
+    let mut restored = Machine::restore(config, partition, &dir).expect("restore");
+    let events = restored.take_events().unwrap();
+    restored.start().expect("start");
+    let mut after = String::new();
+    debug_until(&events, &mut after, "No bootable device", 1);
+    // The RAM size is printed before the CPUs are counted: seen again, POST would have restarted.
+    assert!(log.contains("RamSize:"), "{log}");
+    assert!(!after.contains("RamSize:"), "POST started over:\n{after}");
+    assert!(after.contains("Booting from Hard Disk"), "{after}");
+    restored.power_off();
+    restored.wait();
+}

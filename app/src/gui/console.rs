@@ -464,6 +464,10 @@ impl Console {
                     _ => "The VM is off.".into(),
                 };
                 ui.colored_label(egui::Color32::WHITE, why);
+                if self.undo_pending() {
+                    self.undo_choice(ui, requests);
+                    return;
+                }
                 ui.horizontal(|ui| {
                     if ui.button("Start again").clicked() {
                         requests.push(ConsoleRequest::Restart);
@@ -509,6 +513,59 @@ impl Console {
         if self.captured {
             let per_point = tex_size.x / size.x.max(1.0);
             self.forward_input(ui.ctx(), per_point);
+        }
+    }
+
+    /// True when the VM is off (not saved) with undo disks holding this session's changes.
+    fn undo_pending(&self) -> bool {
+        !self.session.is_on()
+            && !self.session.saved
+            && self.session.config.undo_disks
+            && vm_library::undo::has_pending_changes(&self.session.dir, &self.session.config)
+    }
+
+    /// Asks what becomes of the undo disks' changes.
+    fn undo_choice(&mut self, ui: &mut egui::Ui, requests: &mut Vec<ConsoleRequest>) {
+        ui.add_space(12.0);
+        ui.colored_label(
+            egui::Color32::WHITE,
+            "This VM has undo disks. What should happen to the changes of this session?",
+        );
+        let mut action = None;
+        ui.horizontal(|ui| {
+            if ui
+                .button("Keep changes")
+                .on_hover_text("The next start continues with them")
+                .clicked()
+            {
+                action = Some(vm_library::undo::UndoAction::Keep);
+            }
+            if ui
+                .button("Commit changes")
+                .on_hover_text("Write them into the hard disks")
+                .clicked()
+            {
+                action = Some(vm_library::undo::UndoAction::Commit);
+            }
+            if ui
+                .button("Discard changes")
+                .on_hover_text("The hard disks stay as they were before this session")
+                .clicked()
+            {
+                action = Some(vm_library::undo::UndoAction::Discard);
+            }
+        });
+        if let Some(action) = action {
+            let done = vm_library::undo::finish(
+                &self.session.dir,
+                &self.session.config,
+                action,
+                &mut |_, _| {},
+            );
+            match done {
+                Ok(()) => requests.push(ConsoleRequest::Close),
+                Err(e) => requests.push(ConsoleRequest::Error(e.to_string())),
+            }
         }
     }
 

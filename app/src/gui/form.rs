@@ -30,6 +30,8 @@ pub struct VmForm {
     pub floppy: String,
     /// Host key that releases capture.
     pub host_key: HostKey,
+    /// Changes go to undo layers; kept, committed or discarded at power-off.
+    pub undo_disks: bool,
 }
 
 impl VmForm {
@@ -56,6 +58,7 @@ impl VmForm {
             cdrom: path(&c.cdrom),
             floppy: path(&c.floppy),
             host_key: c.host_key,
+            undo_disks: c.undo_disks,
         }
     }
 
@@ -72,6 +75,7 @@ impl VmForm {
         c.cdrom = path(&self.cdrom);
         c.floppy = path(&self.floppy);
         c.host_key = self.host_key;
+        c.undo_disks = self.undo_disks;
     }
 
     /// Draws the fields; true when the OS family changed (callers may update defaults).
@@ -169,6 +173,13 @@ impl VmForm {
                     })
                     .response
                     .labelled_by(l.id);
+                ui.end_row();
+
+                ui.label("Disk changes");
+                ui.checkbox(&mut self.undo_disks, "Undo disks")
+                    .on_hover_text(
+                        "Changes go to an undo layer; at power-off keep, commit or discard them",
+                    );
                 ui.end_row();
             });
         os_changed

@@ -195,6 +195,9 @@ impl Session {
         let mut machine_config = machine_config(dir, config);
         machine_config.firmware = firmware.map(Path::to_path_buf);
         check_media(&machine_config)?;
+        // With undo disks the machine writes to the undo layers, never to the disks.
+        machine_config.disks =
+            vm_library::undo::disks_to_open(dir, config).map_err(|e| e.to_string())?;
         let cpus = machine_config.cpus;
         let (partition, banner) = match config.backend {
             BackendChoice::Auto => machine::create_partition_auto(cpus, IrqChipMode::Split),

@@ -480,3 +480,43 @@ fn save_state_and_close_then_start_resumes_where_it_was() {
     console(h.state()).session.power_off();
     h.step();
 }
+
+#[test]
+fn undo_disks_ask_at_power_off_and_discard_leaves_the_disk_alone() {
+    let dir = scratch("undo");
+    let base = dir.join("disk.vhd");
+    disk::create(
+        &base,
+        &disk::CreateOptions::new(disk::Format::VhdDynamic, 8 << 20),
+    )
+    .unwrap();
+    let before = std::fs::read(&base).unwrap();
+    let mut app = app_in(&dir);
+    let vm = make_vm(&mut app, "Undoable", |c| {
+        c.disks = vec![base.clone()];
+        c.undo_disks = true;
+        c.boot = vm_library::BootChoice::Disk;
+    });
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), seabios_on_screen),
+        "no SeaBIOS banner"
+    );
+    let layer = vm.join(vm_library::undo::UNDO_DIR).join("disk0.vhd");
+    assert!(layer.is_file(), "the VM runs on an undo layer");
+    click(&mut h, "Machine");
+    click(&mut h, "Power off");
+    h.get_by_label("Keep changes");
+    h.get_by_label("Commit changes");
+    click(&mut h, "Discard changes");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(h.state().consoles.is_empty(), "the console closed");
+    assert!(!layer.exists(), "discard removed the undo layer");
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        before,
+        "the disk was never written"
+    );
+}

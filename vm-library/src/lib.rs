@@ -25,6 +25,7 @@ mod atomic;
 mod config;
 mod error;
 mod library;
+pub mod snapshots;
 pub mod undo;
 
 pub use atomic::write_atomic;

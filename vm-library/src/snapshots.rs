@@ -227,6 +227,10 @@ pub fn space_for_take(config: &VmConfig, ram_bytes: Option<u64>) -> u64 {
     ram_bytes.map_or(0, |r| r + (32 << 20)) + layers
 }
 
+/// Writes a live snapshot's machine state: called with the snapshot's folder and the new disk
+/// layers the running VM must switch to; an `Err` is shown to the user.
+pub type LiveSave<'a> = &'a mut dyn FnMut(&Path, &[PathBuf]) -> Result<(), String>;
+
 /// Takes snapshot `name` of the VM in `vm_dir`. For a live snapshot `live` is called, with the
 /// VM paused by the caller, with the snapshot's folder (to write the machine state into) and
 /// the new layers (to switch the running disks to); when it fails, nothing of the snapshot is
@@ -234,7 +238,7 @@ pub fn space_for_take(config: &VmConfig, ram_bytes: Option<u64>) -> u64 {
 pub fn take(
     vm_dir: &Path,
     name: &str,
-    live: Option<&mut dyn FnMut(&Path, &[PathBuf]) -> Result<(), String>>,
+    live: Option<LiveSave<'_>>,
 ) -> Result<Snapshot, LibraryError> {
     let name = name.trim();
     if name.is_empty() {

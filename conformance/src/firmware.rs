@@ -70,6 +70,71 @@ pub fn serial_counter() -> Vec<u8> {
     rom_with(&serial_counter_code().expect("the counter firmware assembles"))
 }
 
+fn disk_counter_code() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(16)?;
+    let mut main = a.create_label();
+    let mut drq = a.create_label();
+    let mut idle = a.create_label();
+    let mut outer = a.create_label();
+    let mut inner = a.create_label();
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7000u32)?;
+    a.cld()?;
+    a.set_label(&mut main)?;
+    a.inc(word_ptr(0x600))?;
+    a.mov(ax, word_ptr(0x600))?;
+    a.mov(word_ptr(0x800), ax)?;
+    // ATA WRITE SECTORS (LBA 0, one sector) on the primary master, by PIO.
+    for (port, value) in [
+        (0x1f6u32, 0xe0u32),
+        (0x1f2, 1),
+        (0x1f3, 0),
+        (0x1f4, 0),
+        (0x1f5, 0),
+    ] {
+        a.mov(dx, port)?;
+        a.mov(al, value)?;
+        a.out(dx, al)?;
+    }
+    a.mov(dx, 0x1f7u32)?;
+    a.mov(al, 0x30u32)?;
+    a.out(dx, al)?;
+    a.set_label(&mut drq)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x08u32)?;
+    a.jz(drq)?;
+    a.mov(si, 0x800u32)?;
+    a.mov(cx, 256u32)?;
+    a.mov(dx, 0x1f0u32)?;
+    a.rep().outsw()?;
+    a.mov(dx, 0x1f7u32)?;
+    a.set_label(&mut idle)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x80u32)?;
+    a.jnz(idle)?;
+    a.mov(si, word_ptr(0x600))?;
+    print_hex16(&mut a)?;
+    a.mov(bx, 0x20u32)?;
+    a.set_label(&mut outer)?;
+    a.mov(cx, 0xffffu32)?;
+    a.set_label(&mut inner)?;
+    a.loop_(inner)?;
+    a.dec(bx)?;
+    a.jnz(outer)?;
+    a.jmp(main)?;
+    a.assemble(ALIAS)
+}
+
+/// Like [`serial_counter`], but each new count is first written, as the first word of sector
+/// 0, to the hard disk on the primary master (ATA PIO), then printed; the machine needs that
+/// disk. A test can tell from the disk which counts the guest wrote.
+pub fn disk_counter() -> Vec<u8> {
+    rom_with(&disk_counter_code().expect("the disk counter firmware assembles"))
+}
+
 /// Offset of the 32-bit part of [`random_fill`] in the image.
 const FILL_PM_OFFSET: u64 = 0x200;
 /// Offset of the GDT (null, flat code 0x08, flat data 0x10) and its descriptor.
@@ -166,7 +231,11 @@ pub fn random_fill(mib: u32) -> Vec<u8> {
 mod tests {
     #[test]
     fn images_are_64k_with_a_reset_vector() {
-        for rom in [super::serial_counter(), super::random_fill(64)] {
+        for rom in [
+            super::serial_counter(),
+            super::disk_counter(),
+            super::random_fill(64),
+        ] {
             assert_eq!(rom.len(), 64 << 10);
             assert_eq!(&rom[0xfff0..0xfff3], &[0xe9, 0x0d, 0x00]);
         }

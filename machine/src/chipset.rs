@@ -362,6 +362,23 @@ impl Chipset {
         Ok(())
     }
 
+    /// Switches the hard disks (in configuration order) to the images at `paths`, which must
+    /// have the same sizes and contents (new snapshot layers); the old images are flushed and
+    /// closed. Call it with the machine paused.
+    pub fn switch_disks(&self, paths: &[std::path::PathBuf]) -> Result<(), String> {
+        let (slots, _) =
+            storage::ide_layout(paths.len(), self.cd_slot.is_some()).map_err(|e| e.to_string())?;
+        let mut ide = lock(&self.ide);
+        for (path, &(channel, unit)) in paths.iter().zip(&slots) {
+            let image = ImageBackend::open(path, false)
+                .map_err(|e| e.to_string())?
+                .counting(&self.activity.disk);
+            ide.replace_disk_backend(channel, unit, Box::new(image))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The drives' activity counters.
     pub fn activity(&self) -> DriveActivity {
         self.activity.clone()

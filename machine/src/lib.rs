@@ -532,6 +532,21 @@ impl Machine {
         self.chipset.change_cdrom(path).map_err(MachineError::Media)
     }
 
+    /// Switches the running machine's hard disks to new images with the same contents (the
+    /// layers a live snapshot puts on top), in configuration order. The machine must be paused.
+    pub fn switch_disks(&self, paths: &[std::path::PathBuf]) -> Result<(), MachineError> {
+        if paths.len() != self.config.disks.len() {
+            return Err(MachineError::Media(format!(
+                "{} disk images given for {} disks",
+                paths.len(),
+                self.config.disks.len()
+            )));
+        }
+        self.chipset
+            .switch_disks(paths)
+            .map_err(MachineError::Media)
+    }
+
     /// Sends bytes to the guest's first serial port.
     pub fn serial_input(&self, bytes: &[u8]) {
         self.control.serial_input(bytes);

@@ -101,6 +101,8 @@ pub enum ConsoleRequest {
     Error(String),
     /// The CD image changed: save it in the VM's settings (`None`: ejected).
     CdChanged(Option<PathBuf>),
+    /// A snapshot action from the console's Snapshots panel.
+    Snapshot(super::snapshots::SnapshotAction),
 }
 
 /// A console window and the VM it shows.
@@ -127,6 +129,10 @@ pub struct Console {
     watcher: Option<ScreenWatcher>,
     /// Requests for the app, collected when the console draws in its own window.
     pub requests: Vec<ConsoleRequest>,
+    /// The Snapshots panel is shown.
+    pub show_snapshots: bool,
+    /// The Snapshots panel's state.
+    pub snapshots: super::snapshots::SnapshotPanel,
 }
 
 /// The egui key that acts as `key`.
@@ -156,7 +162,18 @@ impl Console {
             frames: 0,
             watcher: None,
             requests: Vec::new(),
+            show_snapshots: false,
+            snapshots: Default::default(),
         }
+    }
+
+    /// Shows `session` (the same VM started again, e.g. from a snapshot) instead.
+    pub fn replace_session(&mut self, session: Session) {
+        self.watcher = None;
+        self.captured = false;
+        self.thumbnail_saved = false;
+        self.buttons = MouseButtons::default();
+        self.session = session;
     }
 
     /// The window title.
@@ -211,6 +228,20 @@ impl Console {
 
         egui::Panel::top("console-menu").show(ui, |ui| self.menu_bar(ui, &mut requests));
         egui::Panel::bottom("console-status").show(ui, |ui| self.status_bar(ui));
+        if self.show_snapshots {
+            egui::Panel::right("console-snapshots")
+                .resizable(true)
+                .default_size(260.0)
+                .show(ui, |ui| {
+                    let ram = self
+                        .session
+                        .is_on()
+                        .then_some(self.session.config.memory_mib << 20);
+                    if let Some(a) = self.snapshots.show(ui, &self.session.dir, ram) {
+                        requests.push(ConsoleRequest::Snapshot(a));
+                    }
+                });
+        }
         if self.show_serial {
             egui::Panel::bottom("console-serial")
                 .resizable(true)
@@ -343,6 +374,7 @@ impl Console {
                         .send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.fullscreen));
                 }
                 ui.checkbox(&mut self.show_serial, "Serial console");
+                ui.checkbox(&mut self.show_snapshots, "Snapshots");
             });
         });
     }

@@ -9,6 +9,7 @@ mod form;
 mod icons;
 mod keymap;
 mod session;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod wizard;
@@ -114,6 +115,8 @@ pub struct TerrariumApp {
     wizard: Option<Wizard>,
     settings: Option<SettingsDialog>,
     confirm_remove: Option<PathBuf>,
+    /// The Snapshots dialog of a VM that is off.
+    library_snapshots: Option<(PathBuf, snapshots::SnapshotPanel)>,
     errors: Vec<String>,
     icons: Icons,
     thumbnails: HashMap<PathBuf, Thumbnail>,
@@ -175,6 +178,7 @@ impl TerrariumApp {
             wizard: None,
             settings: None,
             confirm_remove: None,
+            library_snapshots: None,
             errors: Vec::new(),
             icons: Icons::default(),
             thumbnails: HashMap::new(),
@@ -304,6 +308,7 @@ impl TerrariumApp {
         self.show_wizard(&ctx);
         self.show_settings(&ctx);
         self.show_remove_dialog(&ctx);
+        self.show_library_snapshots(&ctx);
         self.show_errors(&ctx);
     }
 
@@ -381,6 +386,14 @@ impl TerrariumApp {
                 {
                     if let Some(dir) = &selected {
                         self.start(dir);
+                    }
+                }
+                if ui
+                    .add_enabled(has && !running, egui::Button::new("Snapshots…"))
+                    .clicked()
+                {
+                    if let Some(dir) = &selected {
+                        self.library_snapshots = Some((dir.clone(), Default::default()));
                     }
                 }
                 if ui
@@ -667,6 +680,33 @@ impl TerrariumApp {
         }
     }
 
+    fn show_library_snapshots(&mut self, ctx: &egui::Context) {
+        let Some((dir, panel)) = &mut self.library_snapshots else {
+            return;
+        };
+        let mut close = false;
+        let mut action = None;
+        let modal = egui::Modal::new(egui::Id::unique("library-snapshots")).show(ctx, |ui| {
+            ui.set_width(360.0);
+            action = panel.show(ui, dir, None);
+            ui.add_space(8.0);
+            if ui.button("Close").clicked() {
+                close = true;
+            }
+        });
+        let dir = dir.clone();
+        if close || modal.should_close() {
+            self.library_snapshots = None;
+        }
+        if let Some(action) = action {
+            // Reverting to a running snapshot starts the VM: the dialog makes way for it.
+            if matches!(action, snapshots::SnapshotAction::Revert(_)) {
+                self.library_snapshots = None;
+            }
+            self.snapshot_action(&dir, action);
+        }
+    }
+
     fn show_remove_dialog(&mut self, ctx: &egui::Context) {
         let Some(dir) = self.confirm_remove.clone() else {
             return;
@@ -759,6 +799,7 @@ impl TerrariumApp {
         let mut closed = Vec::new();
         let mut restart = Vec::new();
         let mut cd_changes = Vec::new();
+        let mut snapshot_actions = Vec::new();
         for (i, console) in self.consoles.iter().enumerate() {
             let mut c = lock(console);
             for r in std::mem::take(&mut c.requests) {
@@ -767,6 +808,9 @@ impl TerrariumApp {
                     ConsoleRequest::Restart => restart.push(c.session.dir.clone()),
                     ConsoleRequest::Error(e) => self.errors.push(e),
                     ConsoleRequest::CdChanged(p) => cd_changes.push((c.session.dir.clone(), p)),
+                    ConsoleRequest::Snapshot(a) => {
+                        snapshot_actions.push((c.session.dir.clone(), a))
+                    }
                 }
             }
             // Thumbnails are saved as a VM turns off, while its last screen is still there.
@@ -802,6 +846,80 @@ impl TerrariumApp {
         }
         for dir in restart {
             self.start(&dir);
+        }
+        for (dir, action) in snapshot_actions {
+            self.snapshot_action(&dir, action);
+        }
+    }
+
+    /// Carries out a Snapshots-panel action for the VM in `dir`, running or not.
+    pub fn snapshot_action(&mut self, dir: &Path, action: snapshots::SnapshotAction) {
+        use snapshots::SnapshotAction;
+        use vm_library::snapshots as snap;
+        let console = self.console_index(dir).map(|i| self.consoles[i].clone());
+        let running = console.as_ref().is_some_and(|c| lock(c).session.is_on());
+        let result = match action {
+            SnapshotAction::Take(name) => match &console {
+                Some(c) => lock(c).session.take_snapshot(&name).map(|_| ()),
+                None => snap::take(dir, &name, None)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            },
+            SnapshotAction::Rename(id, name) => {
+                snap::rename(dir, id, &name).map_err(|e| e.to_string())
+            }
+            SnapshotAction::Delete(id) => {
+                let current = snap::SnapshotTree::load(dir).map(|t| t.current == Some(id));
+                if running && current.unwrap_or(true) {
+                    Err(
+                        "power off the VM to delete the snapshot it runs from (its changes \
+                         are merged into it)"
+                            .to_string(),
+                    )
+                } else {
+                    snap::delete(dir, id, &mut |_, _| {}).map_err(|e| e.to_string())
+                }
+            }
+            SnapshotAction::Revert(id) => {
+                if let Some(c) = &console {
+                    let mut c = lock(c);
+                    c.session.power_off();
+                    c.session.saved = true; // No undo question: the state is being replaced.
+                }
+                match snap::revert(dir, id) {
+                    Ok(state) => {
+                        let _ = session::discard_saved_state(dir);
+                        if let Some(state) = state {
+                            self.start_restored(dir, &state);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.errors.push(e);
+        }
+        self.reload();
+    }
+
+    /// Starts the VM in `dir` from the machine state in `state` (a live snapshot), replacing
+    /// a console that shows it turned off.
+    fn start_restored(&mut self, dir: &Path, state: &Path) {
+        let config = match Library::load(dir) {
+            Ok(c) => c,
+            Err(e) => return self.errors.push(e.to_string()),
+        };
+        match Session::start_from(dir, &config, self.firmware.as_deref(), Some(state)) {
+            Ok(s) => match self.console_index(dir) {
+                Some(i) => lock(&self.consoles[i]).replace_session(s),
+                None => self.consoles.push(Arc::new(Mutex::new(Console::new(s)))),
+            },
+            Err(e) => self.errors.push(format!(
+                "cannot start {} from the snapshot: {e}",
+                config.name
+            )),
         }
     }
 

@@ -190,8 +190,19 @@ pub fn discard_saved_state(dir: &Path) -> Result<(), String> {
 
 impl Session {
     /// Builds and starts the VM stored in `dir` with `config`; `firmware` overrides the
-    /// system's SeaBIOS.
+    /// system's SeaBIOS. A saved state in the VM folder is resumed (and then removed).
     pub fn start(dir: &Path, config: &VmConfig, firmware: Option<&Path>) -> Result<Self, String> {
+        Self::start_from(dir, config, firmware, None)
+    }
+
+    /// Like [`Session::start`], restoring the machine state in `state` (a live snapshot's
+    /// folder, which stays as it is) when given.
+    pub fn start_from(
+        dir: &Path,
+        config: &VmConfig,
+        firmware: Option<&Path>,
+        state: Option<&Path>,
+    ) -> Result<Self, String> {
         let mut machine_config = machine_config(dir, config);
         machine_config.firmware = firmware.map(Path::to_path_buf);
         check_media(&machine_config)?;
@@ -213,8 +224,10 @@ impl Session {
         }
         .map_err(|e| e.to_string())?;
         let saved = dir.join(vm_library::SAVED_STATE_DIR);
-        let resumed = saved.join(machine::saved::STATE_FILE).is_file();
-        let mut machine = if resumed {
+        let resumed = state.is_none() && saved.join(machine::saved::STATE_FILE).is_file();
+        let mut machine = if let Some(state) = state {
+            Machine::restore(machine_config, partition, state).map_err(|e| e.to_string())?
+        } else if resumed {
             Machine::restore(machine_config, partition, &saved)
                 .map_err(|e| format!("{e} (Discard saved state starts the VM afresh)"))?
         } else {
@@ -295,6 +308,35 @@ impl Session {
             }
             RunState::Created | RunState::Off => {}
         }
+    }
+
+    /// Takes a snapshot: with the machine's state while it runs (paused meanwhile, then its
+    /// disks switched to the new layers), of the disks alone when it is off.
+    pub fn take_snapshot(&mut self, name: &str) -> Result<vm_library::snapshots::Snapshot, String> {
+        if self.config.undo_disks {
+            return Err("snapshots need undo disks turned off (both layer the disks)".into());
+        }
+        let result = if self.is_on() {
+            let was_running = self.state == machine::RunState::Running;
+            self.machine.pause();
+            let machine = &self.machine;
+            let mut live = |state: &Path, layers: &[std::path::PathBuf]| {
+                machine.save_state(state).map_err(|e| e.to_string())?;
+                machine.switch_disks(layers).map_err(|e| e.to_string())
+            };
+            let r = vm_library::snapshots::take(&self.dir, name, Some(&mut live));
+            if was_running {
+                self.machine.resume();
+            }
+            r
+        } else {
+            vm_library::snapshots::take(&self.dir, name, None)
+        };
+        let snapshot = result.map_err(|e| e.to_string())?;
+        if let Ok(c) = vm_library::Library::load(&self.dir) {
+            self.config = c;
+        }
+        Ok(snapshot)
     }
 
     /// Saves the VM's state into its folder and turns it off; the next start resumes there.

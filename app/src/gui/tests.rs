@@ -520,3 +520,126 @@ fn undo_disks_ask_at_power_off_and_discard_leaves_the_disk_alone() {
         "the disk was never written"
     );
 }
+
+/// Complete four-digit counts a counter guest printed (a line cut by a snapshot is skipped).
+fn full_counts(serial: &str) -> Vec<u32> {
+    serial
+        .lines()
+        .filter(|l| l.trim().len() == 4)
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+/// The count the disk-counter guest last wrote to sector 0 of the VM's current disk layer.
+fn count_on_disk(vm: &Path) -> u32 {
+    let c = Library::load(vm).unwrap();
+    let path = c.resolve(vm, &c.disks[0]);
+    let mut img = disk::open(&path, &disk::OpenOptions::read_only()).unwrap();
+    let mut b = [0u8; 2];
+    img.read_at(0, &mut b).unwrap();
+    u32::from(u16::from_le_bytes(b))
+}
+
+/// The count saved in a live snapshot's RAM image.
+fn count_in_snapshot(vm: &Path, id: u32) -> u32 {
+    let ram = vm_library::snapshots::snapshot_dir(vm, id).join(machine::saved::RAM_FILE);
+    let ram = std::fs::read(ram).unwrap();
+    u32::from(u16::from_le_bytes([ram[0x600], ram[0x601]]))
+}
+
+#[test]
+fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart() {
+    let dir = scratch("snapshot-live");
+    let firmware = dir.join("disk-counter.bin");
+    std::fs::write(&firmware, conformance::firmware::disk_counter()).unwrap();
+    let base = dir.join("disk.vhd");
+    disk::create(
+        &base,
+        &disk::CreateOptions::new(disk::Format::VhdDynamic, 8 << 20),
+    )
+    .unwrap();
+    let mut app = app_in(&dir);
+    app.firmware = Some(firmware.clone());
+    let vm = make_vm(&mut app, "Snapper", |c| c.disks = vec![base.clone()]);
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |a| full_counts(
+            &console(a).session.serial
+        )
+        .len()
+            >= 3),
+        "no count"
+    );
+
+    // Take a live snapshot from the console's Snapshots panel.
+    click(&mut h, "View");
+    click(&mut h, "Snapshots");
+    h.run_steps(2);
+    click(&mut h, "Take snapshot");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let tree = vm_library::snapshots::SnapshotTree::load(&vm).unwrap();
+    let snap = tree.snapshots[0].clone();
+    assert!(snap.live);
+    let at_snapshot = count_in_snapshot(&vm, snap.id);
+
+    // The guest goes on counting and writing to its disk (now the new layer).
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |_| count_on_disk(&vm)
+            >= at_snapshot + 5),
+        "the guest stopped writing after the snapshot"
+    );
+    let later = count_on_disk(&vm);
+
+    // Revert: the later writes are gone and the count continues from the snapshot's.
+    h.get_by_label_contains("Snapshot 1 (running)").click();
+    h.run_steps(2);
+    click(&mut h, "Revert");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(
+        count_on_disk(&vm) < later,
+        "the disk kept writes made after the snapshot"
+    );
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |a| !full_counts(
+            &console(a).session.serial
+        )
+        .is_empty()),
+        "no count after reverting"
+    );
+    let first = full_counts(&console(h.state()).session.serial)[0];
+    assert!(
+        first == at_snapshot || first == at_snapshot + 1,
+        "reverted to {first}, snapshot at {at_snapshot}"
+    );
+    console(h.state()).session.power_off();
+    h.step();
+    drop(h);
+
+    // A new app (the process restarted): revert from the library, the same continuation.
+    let mut app = app_in(&dir);
+    app.firmware = Some(firmware);
+    let mut h = harness(app);
+    h.run();
+    h.get_by_label("Snapper").click();
+    h.run();
+    h.get_by_label("Snapshots…").click();
+    h.run();
+    h.get_by_label_contains("Snapshot 1 (running)").click();
+    h.run();
+    click(&mut h, "Revert");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |a| !a.consoles.is_empty()
+            && !full_counts(&console(a).session.serial).is_empty()),
+        "no count after reverting in a new process"
+    );
+    let first = full_counts(&console(h.state()).session.serial)[0];
+    assert!(
+        first == at_snapshot || first == at_snapshot + 1,
+        "reverted to {first}, snapshot at {at_snapshot}"
+    );
+    console(h.state()).session.power_off();
+    h.step();
+}

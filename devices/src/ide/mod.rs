@@ -100,6 +100,25 @@ pub enum IdeError {
     /// A hard disk image smaller than one sector.
     #[error("a {0}-byte image is too small for an IDE hard disk")]
     DiskTooSmall(u64),
+    /// The position holds no hard disk.
+    #[error("IDE position {channel}:{unit} holds no hard disk")]
+    NotDisk {
+        /// Channel asked for.
+        channel: usize,
+        /// Unit asked for.
+        unit: usize,
+    },
+    /// A replacement image of another size than the disk it replaces.
+    #[error("the replacement image has {new} bytes, the disk it replaces {old}")]
+    SizeChanged {
+        /// Size of the disk in use.
+        old: u64,
+        /// Size of the replacement.
+        new: u64,
+    },
+    /// The image in use could not be flushed before it was replaced.
+    #[error("cannot flush the disk image before switching: {0}")]
+    Flush(String),
 }
 
 /// Which register of a channel a port is.
@@ -366,6 +385,29 @@ impl Piix3Ide {
         };
         device.power_on_reset();
         Ok(())
+    }
+
+    /// Switches the hard disk at `channel`:`unit` to `backend`, an image of the same size with
+    /// the same contents (a new snapshot layer over the one in use), after flushing the one in
+    /// use, which it returns. The guest sees no change; call it with the machine paused.
+    pub fn replace_disk_backend(
+        &mut self,
+        channel: usize,
+        unit: usize,
+        backend: Box<dyn BlockBackend>,
+    ) -> Result<Box<dyn BlockBackend>, IdeError> {
+        let device = self.position_mut(channel, unit)?;
+        let Kind::Disk(disk) = &mut device.kind else {
+            return Err(IdeError::NotDisk { channel, unit });
+        };
+        let (old, new) = (disk.backend.len(), backend.len());
+        if old != new {
+            return Err(IdeError::SizeChanged { old, new });
+        }
+        disk.backend
+            .flush()
+            .map_err(|e| IdeError::Flush(e.to_string()))?;
+        Ok(std::mem::replace(&mut disk.backend, backend))
     }
 
     /// True when a drive is attached at `channel`:`unit`.

@@ -4,6 +4,7 @@
 mod disk_cmd;
 mod gui;
 mod run;
+mod snapshot_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Run(run::RunArgs),
     /// Create, inspect and convert disk images.
     Disk(disk_cmd::DiskArgs),
+    /// Take, list, revert, delete and rename a library VM's snapshots.
+    Snapshot(snapshot_cmd::SnapshotArgs),
     /// Open the desktop app (what `terrarium` alone does), optionally starting a VM.
     Gui(GuiArgs),
 }
@@ -55,6 +58,13 @@ fn main() {
             }
         },
         Some(Command::Disk(args)) => match disk_cmd::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("terrarium: {e:#}");
+                1
+            }
+        },
+        Some(Command::Snapshot(args)) => match snapshot_cmd::run(args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("terrarium: {e:#}");

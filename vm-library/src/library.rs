@@ -640,3 +640,46 @@ mod tests {
         assert!(!is_plain_relative(Path::new(".")));
     }
 }
+
+/// File in a VM folder that marks it as running, holding the process id.
+pub const RUNNING_FILE: &str = ".running";
+
+/// Marks a VM as running for as long as it lives (other processes, such as the command line,
+/// then leave the VM's disks alone).
+#[derive(Debug)]
+pub struct RunningMark {
+    path: PathBuf,
+}
+
+impl RunningMark {
+    /// Marks the VM in `vm_dir` as run by this process.
+    pub fn new(vm_dir: &Path) -> Self {
+        let path = vm_dir.join(RUNNING_FILE);
+        if let Err(e) = write_atomic(&path, std::process::id().to_string().as_bytes()) {
+            tracing::warn!("cannot mark {} as running: {e}", vm_dir.display());
+        }
+        Self { path }
+    }
+}
+
+impl Drop for RunningMark {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The process running the VM in `vm_dir`, if one is (a mark left by a process that died is
+/// ignored).
+pub fn running_pid(vm_dir: &Path) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(vm_dir.join(RUNNING_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let alive = if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    };
+    alive.then_some(pid)
+}

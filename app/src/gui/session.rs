@@ -176,6 +176,8 @@ pub struct Session {
     started: Instant,
     /// The VM was saved (not powered off) when it stopped.
     pub saved: bool,
+    /// Tells other processes the VM runs here.
+    running: Option<vm_library::RunningMark>,
 }
 
 /// Deletes the VM's saved state (starting it then boots afresh).
@@ -255,6 +257,7 @@ impl Session {
             lights: Default::default(),
             started: Instant::now(),
             saved: false,
+            running: Some(vm_library::RunningMark::new(dir)),
         })
     }
 
@@ -366,6 +369,7 @@ impl Session {
         if self.is_on() {
             self.machine.power_off();
             self.machine.wait();
+            self.running = None;
             self.state = RunState::Off;
             self.off.get_or_insert(OffReason::Requested);
         }

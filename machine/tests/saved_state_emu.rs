@@ -5,6 +5,7 @@
 mod common;
 
 use machine::{create_partition, Backend, IrqChipMode, Machine, MachineConfig, MachineEvent};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn config(firmware: &std::path::Path) -> MachineConfig {
@@ -182,4 +183,79 @@ fn seabios_screen_and_devices_survive_save_and_restore() {
     assert!(on_screen(&b, "No bootable device"), "{:?}", b.text_screen());
     b.power_off();
     b.wait();
+}
+
+/// A tmpfs of `mib` MiB at `dir`, unmounted when dropped; `None` where mounting is not allowed
+/// (tests not run as root).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, mib: u32) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_save_keeps_the_machine_running_and_the_earlier_state_whole() {
+    let dir = common::scratch("saved-state-full-disk");
+    let firmware = dir.join("counter.bin");
+    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
+    // Room for one 16 MiB machine state, not for a second one being written beside it.
+    let Some(fs) = SmallFs::mount(&dir.join("small"), 24) else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let saved = fs.0.join("state");
+
+    let mut a = machine(config(&firmware), None);
+    let events = a.take_events().unwrap();
+    a.start().unwrap();
+    let mut out = String::new();
+    serial_lines(&events, &mut out, 3);
+    a.pause();
+    a.save_state(&saved).unwrap();
+    let first = std::fs::read(saved.join(machine::saved::STATE_FILE)).unwrap();
+    a.resume();
+    serial_lines(&events, &mut out, 6);
+    a.pause();
+    let e = a.save_state(&saved).err().expect("the disk is full");
+    assert!(e.to_string().contains("ram.bin"), "{e}");
+    // Nothing of the failed save is left, the first state is untouched, the machine goes on.
+    assert_eq!(
+        std::fs::read(saved.join(machine::saved::STATE_FILE)).unwrap(),
+        first
+    );
+    let names: Vec<_> = std::fs::read_dir(&saved)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    a.resume();
+    serial_lines(&events, &mut out, 8);
+    a.power_off();
+    a.wait();
+    // The first state still restores.
+    let mut b = machine(config(&firmware), Some(&saved));
+    let events = b.take_events().unwrap();
+    b.start().unwrap();
+    let mut after = String::new();
+    serial_lines(&events, &mut after, 2);
+    b.power_off();
+    b.wait();
+    assert!(!after.is_empty());
+    drop(fs);
 }

@@ -231,7 +231,7 @@ fn a_full_disk_during_save_keeps_the_machine_running_and_the_earlier_state_whole
     a.resume();
     serial_lines(&events, &mut out, 6);
     a.pause();
-    let e = a.save_state(&saved).err().expect("the disk is full");
+    let e = a.save_state(&saved).expect_err("the disk is full");
     assert!(e.to_string().contains("ram.bin"), "{e}");
     // Nothing of the failed save is left, the first state is untouched, the machine goes on.
     assert_eq!(

@@ -55,6 +55,45 @@ fn checksum(buf: &[u8], skip: usize) -> u32 {
     !sum
 }
 
+/// Gives the VHD at `path` the unique id `uuid` (in its footer and, for dynamic and
+/// differencing disks, the footer's copy at the start), keeping the checksums valid. Used when
+/// a merged layer takes the place of the layer that differencing disks were made from: they
+/// check their parent by this id.
+pub fn set_unique_id(path: &Path, uuid: [u8; 16]) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let err = |what: &str, e: std::io::Error| Error::io(path, what.to_string(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| err("cannot open", e))?;
+    let len = f.metadata().map_err(|e| err("cannot stat", e))?.len();
+    if len < FOOTER_SIZE as u64 {
+        return Err(Error::invalid(path, "too short for a VHD footer"));
+    }
+    let mut footer = [0u8; FOOTER_SIZE];
+    f.seek(SeekFrom::Start(len - FOOTER_SIZE as u64))
+        .and_then(|_| f.read_exact(&mut footer))
+        .map_err(|e| err("read failed", e))?;
+    if &footer[..8] != COOKIE {
+        return Err(Error::invalid(path, "no VHD footer"));
+    }
+    put(&mut footer, 68, &uuid);
+    let sum = checksum(&footer, 64);
+    put(&mut footer, 64, &sum.to_be_bytes());
+    let sparse = matches!(be32(&footer, 60), 3 | 4);
+    let mut places = vec![len - FOOTER_SIZE as u64];
+    if sparse {
+        places.push(0);
+    }
+    for at in places {
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.write_all(&footer))
+            .map_err(|e| err("write failed", e))?;
+    }
+    f.sync_data().map_err(|e| err("sync failed", e))
+}
+
 /// CHS geometry for a disk of `total_sectors`, by the algorithm in the VHD specification:
 /// (cylinders, heads, sectors per track).
 pub fn chs_geometry(total_sectors: u64) -> (u16, u8, u8) {

@@ -350,9 +350,11 @@ pub fn space_for_delete(vm_dir: &Path, id: u32) -> Result<u64, LibraryError> {
         .sum())
 }
 
-/// Deletes snapshot `id` without losing data (the VM must be off). When the VM's current state
-/// grew from it, the current layers are merged into its frozen ones first (`progress` gets bytes
-/// done and total). A snapshot with snapshots taken from it is refused: delete those first.
+/// Deletes snapshot `id` without losing data (the VM must be off, or at least not running from
+/// it). When the VM's current state grew from it, the current layers are merged into its frozen
+/// ones; when one snapshot was taken from it, that snapshot's layers are merged into its
+/// (`progress` gets bytes done and total). A snapshot that two states grow from (two child
+/// snapshots, or a child and the current state) cannot be merged into both and is refused.
 pub fn delete(
     vm_dir: &Path,
     id: u32,
@@ -361,16 +363,28 @@ pub fn delete(
     let mut config = crate::Library::load(vm_dir)?;
     let mut tree = SnapshotTree::load(vm_dir)?;
     let snapshot = tree.get_or_err(vm_dir, id)?.clone();
-    if !tree.children(Some(id)).is_empty() {
+    let children: Vec<Snapshot> = tree.children(Some(id)).into_iter().cloned().collect();
+    let dependents = children.len() + usize::from(tree.current == Some(id));
+    if dependents > 1 {
         return Err(LibraryError::Invalid {
             field: "snapshot",
             message: format!(
-                "\"{}\" has newer snapshots taken from it; delete those first",
-                snapshot.name
+                "\"{}\" has {} states growing from it (snapshots taken from it, or the VM's \
+                 current state); delete or revert away from all but one first",
+                snapshot.name, dependents
             ),
         });
     }
-    if tree.current == Some(id) {
+    if let [child] = children.as_slice() {
+        merge_into_child(vm_dir, &config, &snapshot, child, progress)?;
+        for s in &mut tree.snapshots {
+            if s.parent == Some(id) {
+                s.parent = snapshot.parent;
+            }
+        }
+        tree.snapshots.retain(|s| s.id != id);
+        tree.save(vm_dir)?;
+    } else if tree.current == Some(id) {
         // The current layers sit on the snapshot's: merge them down, then write to those.
         let current: Vec<PathBuf> = config.disks.clone();
         for d in &current {
@@ -389,6 +403,41 @@ pub fn delete(
         remove_unused_layers(vm_dir, &tree, &snapshot.disks);
     }
     let _ = std::fs::remove_dir_all(snapshot_dir(vm_dir, id));
+    Ok(())
+}
+
+/// Merges `snapshot`'s frozen layers into those of `child`, its only dependent: the child's
+/// layer is committed into the snapshot's, which then takes the child's place (renamed over
+/// it, so every layer built on the child's still finds it); a snapshot layer that is one of the
+/// user's own images stays where it is and the child's layer becomes an empty layer over it.
+fn merge_into_child(
+    vm_dir: &Path,
+    config: &VmConfig,
+    snapshot: &Snapshot,
+    child: &Snapshot,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), LibraryError> {
+    for (own, theirs) in snapshot.disks.iter().zip(&child.disks) {
+        let (own_path, their_path) = (config.resolve(vm_dir, own), config.resolve(vm_dir, theirs));
+        let info = disk::info(&their_path)?;
+        disk::commit(&their_path, progress)?;
+        let inside = own.starts_with(SNAPSHOTS_DIR) && own.components().count() == 2;
+        if inside {
+            std::fs::rename(&own_path, &their_path).map_err(io(&their_path))?;
+        } else {
+            let format = if info.format.is_vhd() {
+                disk::Format::VhdDifferencing
+            } else {
+                disk::Format::Qcow2
+            };
+            std::fs::remove_file(&their_path).map_err(io(&their_path))?;
+            disk::create_overlay(&own_path, &their_path, format)?;
+        }
+        // Differencing VHDs built on the child's layer check their parent's unique id.
+        if let (true, Some(id)) = (info.format.is_vhd(), info.unique_id) {
+            disk::vhd::set_unique_id(&their_path, id)?;
+        }
+    }
     Ok(())
 }
 
@@ -479,9 +528,11 @@ mod tests {
             revert(&dir, a.id).unwrap();
             assert_eq!(read(&dir), 1, "{format}");
 
-            // A snapshot with a child is refused; rename works.
+            // A snapshot two states grow from is refused; rename works.
             let c = take(&dir, "three", None).unwrap();
+            revert(&dir, a.id).unwrap();
             assert!(delete(&dir, a.id, &mut |_, _| {}).is_err());
+            revert(&dir, c.id).unwrap();
             rename(&dir, c.id, "renamed").unwrap();
             assert_eq!(
                 SnapshotTree::load(&dir).unwrap().get(c.id).unwrap().name,
@@ -491,6 +542,36 @@ mod tests {
             delete(&dir, a.id, &mut |_, _| {}).unwrap();
             assert!(SnapshotTree::load(&dir).unwrap().snapshots.is_empty());
             assert_eq!(read(&dir), 1, "{format}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn deleting_a_snapshot_with_one_child_merges_it_into_the_child() {
+        for format in [disk::Format::VhdDynamic, disk::Format::Qcow2] {
+            let dir = vm(&format!("chain-{}", format.name()), format);
+            write(&dir, 1);
+            let root = take(&dir, "root", None).unwrap();
+            write(&dir, 2);
+            let middle = take(&dir, "middle", None).unwrap();
+            write(&dir, 3);
+            let leaf = take(&dir, "leaf", None).unwrap();
+            write(&dir, 4);
+
+            // The middle snapshot (its layer in snapshots/) and then the root (the user's disk).
+            delete(&dir, middle.id, &mut |_, _| {}).unwrap();
+            let tree = SnapshotTree::load(&dir).unwrap();
+            assert_eq!(tree.get(leaf.id).unwrap().parent, Some(root.id));
+            assert_eq!(read(&dir), 4, "{format}: the current state is kept");
+            revert(&dir, leaf.id).unwrap();
+            assert_eq!(read(&dir), 3, "{format}");
+            revert(&dir, root.id).unwrap();
+            assert_eq!(read(&dir), 1, "{format}");
+            revert(&dir, leaf.id).unwrap();
+            delete(&dir, root.id, &mut |_, _| {}).unwrap();
+            assert_eq!(read(&dir), 3, "{format}");
+            revert(&dir, leaf.id).unwrap();
+            assert_eq!(read(&dir), 3, "{format}: the leaf still holds its state");
             let _ = std::fs::remove_dir_all(dir);
         }
     }

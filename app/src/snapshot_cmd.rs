@@ -193,9 +193,13 @@ pub fn run(args: SnapshotArgs) -> Result<i32> {
                     mib(need)
                 );
             }
+            let mut shown = None;
             snapshots::delete(&dir, id, &mut |done, total| {
-                if total > 0 && done == total {
-                    eprintln!("merged {}", mib(total));
+                // Progress in 10 % steps (each disk's merge counts from 0 again).
+                let step = (done * 10).checked_div(total).unwrap_or(10);
+                if shown != Some((step, total)) {
+                    shown = Some((step, total));
+                    eprintln!("merging: {}% of {}", step * 10, mib(total));
                 }
             })?;
             println!("snapshot {id} deleted");

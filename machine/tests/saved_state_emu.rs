@@ -131,6 +131,17 @@ fn damaged_or_mismatched_saved_state_is_refused_clearly() {
         .expect("refused");
     assert!(e.to_string().contains("state.bin"), "{e}");
     std::fs::write(&state, &bytes).unwrap();
+    // A state written in another format version, older or newer.
+    for version in [0u8, 2] {
+        let mut other = bytes.clone();
+        other[8] = version;
+        std::fs::write(&state, &other).unwrap();
+        let e = Machine::restore(config(&firmware), partition(), &saved)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("format"), "{e}");
+    }
+    std::fs::write(&state, &bytes).unwrap();
     // A RAM file of the wrong size.
     let ram = saved.join(machine::saved::RAM_FILE);
     let f = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();

@@ -133,6 +133,8 @@ pub struct Console {
     pub show_snapshots: bool,
     /// The Snapshots panel's state.
     pub snapshots: super::snapshots::SnapshotPanel,
+    /// Whether undo layers wait for keep/commit/discard (known once the VM is off).
+    undo_pending: Option<bool>,
 }
 
 /// The egui key that acts as `key`.
@@ -164,6 +166,7 @@ impl Console {
             requests: Vec::new(),
             show_snapshots: false,
             snapshots: Default::default(),
+            undo_pending: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl Console {
         self.captured = false;
         self.thumbnail_saved = false;
         self.buttons = MouseButtons::default();
+        self.undo_pending = None;
         self.session = session;
     }
 
@@ -548,12 +552,15 @@ impl Console {
         }
     }
 
-    /// True when the VM is off (not saved) with undo disks holding this session's changes.
-    fn undo_pending(&self) -> bool {
-        !self.session.is_on()
-            && !self.session.saved
-            && self.session.config.undo_disks
-            && vm_library::undo::has_pending_changes(&self.session.dir, &self.session.config)
+    /// True when the VM is off (not saved) with undo disks holding this session's changes;
+    /// looked up once when the VM has turned off.
+    fn undo_pending(&mut self) -> bool {
+        if self.session.is_on() || self.session.saved || !self.session.config.undo_disks {
+            return false;
+        }
+        *self.undo_pending.get_or_insert_with(|| {
+            vm_library::undo::has_pending_changes(&self.session.dir, &self.session.config)
+        })
     }
 
     /// Asks what becomes of the undo disks' changes.
@@ -588,6 +595,7 @@ impl Console {
             }
         });
         if let Some(action) = action {
+            self.undo_pending = Some(false);
             let done = vm_library::undo::finish(
                 &self.session.dir,
                 &self.session.config,

@@ -1,7 +1,20 @@
 //! The Snapshots panel: the tree of a VM's snapshots with Take, Revert, Delete and Rename.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 use vm_library::snapshots::{self, Snapshot, SnapshotTree};
+
+/// How long the panel trusts what it read from disk (other windows or the command line may
+/// change the tree meanwhile); actions re-read at once.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// What the panel shows, read from the VM folder.
+#[derive(Debug, Clone)]
+struct Loaded {
+    at: Instant,
+    tree: Result<SnapshotTree, String>,
+    take_needs: Option<u64>,
+}
 
 /// What the user asked the panel for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +40,7 @@ pub struct SnapshotPanel {
     pub rename: String,
     /// A delete waiting for confirmation.
     pub confirm_delete: Option<u32>,
+    loaded: Option<Loaded>,
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -43,10 +57,24 @@ impl SnapshotPanel {
         ram_bytes: Option<u64>,
     ) -> Option<SnapshotAction> {
         let mut action = None;
-        let tree = match SnapshotTree::load(dir) {
+        if self
+            .loaded
+            .as_ref()
+            .is_none_or(|l| l.at.elapsed() > REFRESH)
+        {
+            self.loaded = Some(Loaded {
+                at: Instant::now(),
+                tree: SnapshotTree::load(dir).map_err(|e| e.to_string()),
+                take_needs: vm_library::Library::load(dir)
+                    .ok()
+                    .map(|c| snapshots::space_for_take(&c, ram_bytes)),
+            });
+        }
+        let loaded = self.loaded.clone()?;
+        let tree = match loaded.tree {
             Ok(t) => t,
             Err(e) => {
-                ui.colored_label(ui.visuals().error_fg_color, e.to_string());
+                ui.colored_label(ui.visuals().error_fg_color, e);
                 return None;
             }
         };
@@ -62,8 +90,7 @@ impl SnapshotPanel {
                 action = Some(SnapshotAction::Take(std::mem::take(&mut self.new_name)));
             }
         });
-        if let Ok(config) = vm_library::Library::load(dir) {
-            let need = snapshots::space_for_take(&config, ram_bytes);
+        if let Some(need) = loaded.take_needs {
             let kind = if ram_bytes.is_some() {
                 "with the running machine's state"
             } else {
@@ -118,6 +145,9 @@ impl SnapshotPanel {
                     }
                 });
             }
+        }
+        if action.is_some() {
+            self.loaded = None;
         }
         action
     }

@@ -177,7 +177,9 @@ impl Console {
         self.thumbnail_saved = false;
         self.buttons = MouseButtons::default();
         self.undo_pending = None;
-        self.session = session;
+        let old = std::mem::replace(&mut self.session, session);
+        // Unmapping a large guest's RAM takes a while; the UI does not wait for it.
+        std::thread::spawn(move || drop(old));
     }
 
     /// The window title.

@@ -38,6 +38,14 @@ pub struct Snapshot {
     pub live: bool,
     /// Each hard disk's frozen layer, relative to the VM folder where possible.
     pub disks: Vec<PathBuf>,
+    /// A delete began merging its layers and did not finish: it can no longer be reverted to;
+    /// deleting it again finishes the merge.
+    #[serde(default)]
+    pub deleting: bool,
+    /// While a delete merges this snapshot into its child: the unique ids (hex) of the child's
+    /// VHD layers, which the merged layers take over (empty for qcow2).
+    #[serde(default)]
+    pub merge_ids: Vec<String>,
 }
 
 /// A VM's snapshots.
@@ -291,6 +299,8 @@ pub fn take(
         created: now(),
         live: is_live,
         disks: frozen,
+        deleting: false,
+        merge_ids: Vec::new(),
     };
     tree.snapshots.push(snapshot.clone());
     tree.current = Some(id);
@@ -306,6 +316,15 @@ pub fn revert(vm_dir: &Path, id: u32) -> Result<Option<PathBuf>, LibraryError> {
     let mut config = crate::Library::load(vm_dir)?;
     let mut tree = SnapshotTree::load(vm_dir)?;
     let snapshot = tree.get_or_err(vm_dir, id)?.clone();
+    if snapshot.deleting {
+        return Err(LibraryError::Invalid {
+            field: "snapshot",
+            message: format!(
+                "\"{}\" was being deleted when that was interrupted; delete it again to finish",
+                snapshot.name
+            ),
+        });
+    }
     let frozen: Vec<PathBuf> = snapshot
         .disks
         .iter()
@@ -375,6 +394,28 @@ pub fn delete(
             ),
         });
     }
+    // Merging changes the snapshot's own layers: from here on it cannot be reverted to. The
+    // child's VHD ids are recorded first, so an interrupted merge can be finished.
+    let mut snapshot = snapshot;
+    if !snapshot.deleting {
+        snapshot.deleting = true;
+        if let [child] = children.as_slice() {
+            snapshot.merge_ids = child
+                .disks
+                .iter()
+                .map(|d| {
+                    let info = disk::info(&config.resolve(vm_dir, d))?;
+                    Ok(info.unique_id.map(hex).unwrap_or_default())
+                })
+                .collect::<Result<_, LibraryError>>()?;
+        }
+        for s in &mut tree.snapshots {
+            if s.id == id {
+                *s = snapshot.clone();
+            }
+        }
+        tree.save(vm_dir)?;
+    }
     if let [child] = children.as_slice() {
         merge_into_child(vm_dir, &config, &snapshot, child, progress)?;
         for s in &mut tree.snapshots {
@@ -406,10 +447,28 @@ pub fn delete(
     Ok(())
 }
 
+fn hex(id: [u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Merges `snapshot`'s frozen layers into those of `child`, its only dependent: the child's
 /// layer is committed into the snapshot's, which then takes the child's place (renamed over
 /// it, so every layer built on the child's still finds it); a snapshot layer that is one of the
-/// user's own images stays where it is and the child's layer becomes an empty layer over it.
+/// user's own images stays where it is and the child's layer is replaced by an empty layer over
+/// it. Differencing VHDs built on the child's layer check their parent's unique id, so the
+/// replacement gets the child's. Every step can be repeated, so an interrupted merge finishes
+/// when the delete is run again.
 fn merge_into_child(
     vm_dir: &Path,
     config: &VmConfig,
@@ -417,24 +476,33 @@ fn merge_into_child(
     child: &Snapshot,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), LibraryError> {
-    for (own, theirs) in snapshot.disks.iter().zip(&child.disks) {
+    for (i, (own, theirs)) in snapshot.disks.iter().zip(&child.disks).enumerate() {
         let (own_path, their_path) = (config.resolve(vm_dir, own), config.resolve(vm_dir, theirs));
-        let info = disk::info(&their_path)?;
-        disk::commit(&their_path, progress)?;
+        let child_id = snapshot.merge_ids.get(i).and_then(|h| unhex(h));
         let inside = own.starts_with(SNAPSHOTS_DIR) && own.components().count() == 2;
         if inside {
-            std::fs::rename(&own_path, &their_path).map_err(io(&their_path))?;
+            // Gone: an earlier run already renamed it over the child's layer.
+            if own_path.exists() {
+                disk::commit(&their_path, progress)?;
+                std::fs::rename(&own_path, &their_path).map_err(io(&their_path))?;
+            }
         } else {
-            let format = if info.format.is_vhd() {
-                disk::Format::VhdDifferencing
+            disk::commit(&their_path, progress)?;
+            let vhd = disk::info(&own_path)?.format.is_vhd();
+            let (format, ext) = if vhd {
+                (disk::Format::VhdDifferencing, "vhd")
             } else {
-                disk::Format::Qcow2
+                (disk::Format::Qcow2, "qcow2")
             };
-            std::fs::remove_file(&their_path).map_err(io(&their_path))?;
-            disk::create_overlay(&own_path, &their_path, format)?;
+            let fresh = their_path.with_extension(format!("merged.{ext}"));
+            let _ = std::fs::remove_file(&fresh);
+            disk::create_overlay(&own_path, &fresh, format)?;
+            if let Some(id) = child_id {
+                disk::vhd::set_unique_id(&fresh, id)?;
+            }
+            std::fs::rename(&fresh, &their_path).map_err(io(&their_path))?;
         }
-        // Differencing VHDs built on the child's layer check their parent's unique id.
-        if let (true, Some(id)) = (info.format.is_vhd(), info.unique_id) {
+        if let (true, Some(id)) = (inside, child_id) {
             disk::vhd::set_unique_id(&their_path, id)?;
         }
     }
@@ -574,6 +642,44 @@ mod tests {
             assert_eq!(read(&dir), 3, "{format}: the leaf still holds its state");
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    #[test]
+    fn an_interrupted_merge_finishes_when_the_delete_runs_again() {
+        let dir = vm("interrupted", disk::Format::VhdDynamic);
+        write(&dir, 1);
+        take(&dir, "root", None).unwrap();
+        write(&dir, 2);
+        let middle = take(&dir, "middle", None).unwrap();
+        write(&dir, 3);
+        let leaf = take(&dir, "leaf", None).unwrap();
+        write(&dir, 4);
+
+        // The first run got as far as renaming the merged layer, not as far as its id.
+        let config = crate::Library::load(&dir).unwrap();
+        let mut tree = SnapshotTree::load(&dir).unwrap();
+        let own = config.resolve(&dir, &middle.disks[0]);
+        let theirs = config.resolve(&dir, &leaf.disks[0]);
+        let child_id = disk::info(&theirs).unwrap().unique_id.unwrap();
+        for s in &mut tree.snapshots {
+            if s.id == middle.id {
+                s.deleting = true;
+                s.merge_ids = vec![hex(child_id)];
+            }
+        }
+        tree.save(&dir).unwrap();
+        disk::commit(&theirs, &mut |_, _| {}).unwrap();
+        std::fs::rename(&own, &theirs).unwrap();
+        assert!(
+            revert(&dir, middle.id).is_err(),
+            "a half-deleted snapshot is not reverted to"
+        );
+
+        delete(&dir, middle.id, &mut |_, _| {}).unwrap();
+        assert_eq!(read(&dir), 4);
+        revert(&dir, leaf.id).unwrap();
+        assert_eq!(read(&dir), 3);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -98,6 +98,13 @@ struct SettingsDialog {
     error: Option<String>,
 }
 
+/// A snapshot delete running on its own thread (it may merge gigabytes of disk layers).
+struct MergeJob {
+    dir: PathBuf,
+    progress: Arc<Mutex<(u64, u64)>>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
 /// A cached library thumbnail.
 struct Thumbnail {
     modified: SystemTime,
@@ -117,6 +124,8 @@ pub struct TerrariumApp {
     confirm_remove: Option<PathBuf>,
     /// The Snapshots dialog of a VM that is off.
     library_snapshots: Option<(PathBuf, snapshots::SnapshotPanel)>,
+    /// A snapshot delete in progress.
+    merge: Option<MergeJob>,
     errors: Vec<String>,
     icons: Icons,
     thumbnails: HashMap<PathBuf, Thumbnail>,
@@ -179,6 +188,7 @@ impl TerrariumApp {
             settings: None,
             confirm_remove: None,
             library_snapshots: None,
+            merge: None,
             errors: Vec::new(),
             icons: Icons::default(),
             thumbnails: HashMap::new(),
@@ -249,8 +259,65 @@ impl TerrariumApp {
             .position(|c| lock(c).session.dir == dir)
     }
 
+    /// Deletes snapshot `id` of the VM in `dir` on a thread, with a progress dialog.
+    fn start_merge(&mut self, dir: &Path, id: u32) {
+        if self.merge.is_some() {
+            self.errors
+                .push("another snapshot is being deleted; wait for it to finish".into());
+            return;
+        }
+        let progress = Arc::new(Mutex::new((0, 0)));
+        let (p, d) = (progress.clone(), dir.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            vm_library::snapshots::delete(&d, id, &mut |done, total| {
+                *p.lock().unwrap_or_else(|e| e.into_inner()) = (done, total);
+            })
+            .map_err(|e| e.to_string())
+        });
+        self.merge = Some(MergeJob {
+            dir: dir.to_path_buf(),
+            progress,
+            thread,
+        });
+    }
+
+    fn show_merge(&mut self, ctx: &egui::Context) {
+        let Some(job) = &self.merge else { return };
+        if job.thread.is_finished() {
+            if let Some(job) = self.merge.take() {
+                match job.thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.errors.push(e),
+                    Err(_) => self.errors.push("deleting the snapshot failed".into()),
+                }
+            }
+            self.reload();
+            return;
+        }
+        let (done, total) = *job.progress.lock().unwrap_or_else(|e| e.into_inner());
+        egui::Modal::new(egui::Id::unique("snapshot-merge")).show(ctx, |ui| {
+            ui.heading("Deleting the snapshot");
+            ui.label(
+                "Merging its disk layers. The other snapshots and the current state are safe; \
+                 if this is interrupted, delete the snapshot again to finish.",
+            );
+            let fraction = if total > 0 {
+                done as f32 / total as f32
+            } else {
+                0.0
+            };
+            ui.add(egui::ProgressBar::new(fraction).show_percentage());
+        });
+        ctx.request_repaint_after(std::time::Duration::from_millis(100));
+    }
+
     /// Starts the VM in `dir` (or focuses its console when it runs already).
     pub fn start(&mut self, dir: &Path) {
+        if self.merge.as_ref().is_some_and(|m| m.dir == dir) {
+            self.errors
+                .push("a snapshot of this VM is being deleted; start it when that is done".into());
+            return;
+        }
         if let Some(i) = self.console_index(dir) {
             if lock(&self.consoles[i]).session.is_on() {
                 return;
@@ -309,6 +376,7 @@ impl TerrariumApp {
         self.show_settings(&ctx);
         self.show_remove_dialog(&ctx);
         self.show_library_snapshots(&ctx);
+        self.show_merge(&ctx);
         self.show_errors(&ctx);
     }
 
@@ -877,7 +945,8 @@ impl TerrariumApp {
                             .to_string(),
                     )
                 } else {
-                    snap::delete(dir, id, &mut |_, _| {}).map_err(|e| e.to_string())
+                    self.start_merge(dir, id);
+                    Ok(())
                 }
             }
             SnapshotAction::Revert(id) => {

@@ -171,7 +171,13 @@ impl SnapshotPanel {
 }
 
 fn row_label(s: &Snapshot, current: bool) -> String {
-    let kind = if s.live { "running" } else { "disks only" };
+    let kind = if s.deleting {
+        "being deleted"
+    } else if s.live {
+        "running"
+    } else {
+        "disks only"
+    };
     let here = if current { " — current" } else { "" };
     format!("{} ({kind}){here}", s.name)
 }

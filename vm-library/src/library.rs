@@ -103,7 +103,7 @@ impl VmEntry {
 
     /// True when the VM was saved and starting it resumes where it was.
     pub fn has_saved_state(&self) -> bool {
-        self.saved_state_dir().join("state.bin").is_file()
+        has_saved_state(&self.dir)
     }
 
     /// `dir/vm.toml`.
@@ -639,6 +639,11 @@ mod tests {
         assert!(!is_plain_relative(Path::new("")));
         assert!(!is_plain_relative(Path::new(".")));
     }
+}
+
+/// True when the VM in `vm_dir` was saved and starting it resumes where it was.
+pub fn has_saved_state(vm_dir: &Path) -> bool {
+    vm_dir.join(SAVED_STATE_DIR).join("state.bin").is_file()
 }
 
 /// File in a VM folder that marks it as running, holding the process id.

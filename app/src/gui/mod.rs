@@ -346,13 +346,7 @@ impl TerrariumApp {
         {
             Some(machine::RunState::Running | machine::RunState::Created) => StateIcon::Running,
             Some(machine::RunState::Paused) => StateIcon::Paused,
-            _ if dir
-                .join(vm_library::SAVED_STATE_DIR)
-                .join("state.bin")
-                .is_file() =>
-            {
-                StateIcon::Saved
-            }
+            _ if vm_library::has_saved_state(dir) => StateIcon::Saved,
             _ => StateIcon::Off,
         }
     }

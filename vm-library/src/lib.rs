@@ -38,5 +38,5 @@ pub use library::{
     folder_base_name, DiskPlan, Library, NewDiskFormat, VmEntry, LIBRARY_FILE, MIN_DISK_BYTES,
     REMOVED_SUFFIX, SAVED_STATE_DIR, THUMBNAIL_FILE,
 };
-pub use library::{running_pid, RunningMark, RUNNING_FILE};
+pub use library::{has_saved_state, running_pid, RunningMark, RUNNING_FILE};
 pub use media_detect::OsFamily;

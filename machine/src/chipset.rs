@@ -368,11 +368,17 @@ impl Chipset {
     pub fn switch_disks(&self, paths: &[std::path::PathBuf]) -> Result<(), String> {
         let (slots, _) =
             storage::ide_layout(paths.len(), self.cd_slot.is_some()).map_err(|e| e.to_string())?;
+        // Open every image before switching any, so that a bad one leaves all disks as they were.
+        let images = paths
+            .iter()
+            .map(|path| {
+                ImageBackend::open(path, false)
+                    .map(|i| i.counting(&self.activity.disk))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut ide = lock(&self.ide);
-        for (path, &(channel, unit)) in paths.iter().zip(&slots) {
-            let image = ImageBackend::open(path, false)
-                .map_err(|e| e.to_string())?
-                .counting(&self.activity.disk);
+        for ((image, path), &(channel, unit)) in images.into_iter().zip(paths).zip(&slots) {
             ide.replace_disk_backend(channel, unit, Box::new(image))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }

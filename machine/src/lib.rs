@@ -400,9 +400,9 @@ impl Machine {
         if let Some(boot) = &config.linux {
             // A restored machine keeps its RAM; the kernel is loaded again only on reset.
             let kernel = if restoring {
-                linux::load(&MemoryMap::new(config.memory_mib << 20)?, boot, config.cpus)?
+                None
             } else {
-                linux::load(&memory, boot, config.cpus)?
+                Some(linux::load(&memory, boot, config.cpus)?)
             };
             control.set_linux(boot.clone(), kernel);
         }

@@ -36,7 +36,9 @@ pub(crate) struct Control {
     events: Mutex<Sender<MachineEvent>>,
     stops: OnceLock<Vec<Arc<StopHandle>>>,
     parts: OnceLock<Parts>,
-    linux: OnceLock<(LinuxBoot, LoadedKernel)>,
+    linux: OnceLock<LinuxBoot>,
+    /// Where the direct-boot kernel was last loaded (a restored machine learns it at reset).
+    kernel: Mutex<Option<LoadedKernel>>,
     /// Processor states to start from instead of power-on (a restored machine).
     restored: OnceLock<Vec<VpState>>,
 }
@@ -68,6 +70,7 @@ impl Control {
             stops: OnceLock::new(),
             parts: OnceLock::new(),
             linux: OnceLock::new(),
+            kernel: Mutex::new(None),
             restored: OnceLock::new(),
         }
     }
@@ -137,8 +140,9 @@ impl Control {
     }
 
     /// Remembers the direct-boot kernel so a reset can load it again.
-    pub(crate) fn set_linux(&self, boot: LinuxBoot, kernel: LoadedKernel) {
-        let _ = self.linux.set((boot, kernel));
+    pub(crate) fn set_linux(&self, boot: LinuxBoot, kernel: Option<LoadedKernel>) {
+        let _ = self.linux.set(boot);
+        *self.kernel.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
     }
 
     /// Guest RAM, once attached.
@@ -230,10 +234,11 @@ impl Control {
         if let Some(b) = &p.bios {
             b.load_low_alias(&p.memory);
         }
-        if let Some((boot, _)) = self.linux.get() {
-            if let Err(e) = linux::load(&p.memory, boot, self.vcpus) {
-                tracing::error!("reloading the kernel after reset: {e}");
-            }
+        if let Some(boot) = self.linux.get() {
+            let loaded = linux::load(&p.memory, boot, self.vcpus)
+                .map_err(|e| tracing::error!("reloading the kernel after reset: {e}"))
+                .ok();
+            *self.kernel.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
         }
         tracing::info!(cause, "machine reset");
         self.emit(MachineEvent::Reset { cause });
@@ -292,8 +297,9 @@ fn failure_message(index: u32, address: u64, bytes: &[u8]) -> String {
 }
 
 fn enter_kernel(control: &Control, vp: &mut dyn VirtualProcessor) -> hv::Result<()> {
-    if let Some((_, kernel)) = control.linux.get() {
-        let s = linux::entry_state(vp.state()?, kernel);
+    let kernel = *control.kernel.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kernel) = kernel {
+        let s = linux::entry_state(vp.state()?, &kernel);
         vp.set_state(&s)?;
     }
     Ok(())

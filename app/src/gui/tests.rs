@@ -415,32 +415,58 @@ fn dropping_an_iso_on_a_running_vm_inserts_it_in_the_cd_drive() {
     h.step();
 }
 
-/// The counts a serial-counter guest printed, as numbers.
-fn counts(serial: &str) -> Vec<u32> {
+/// Complete four-digit counts a counter guest printed (a line cut by a snapshot is skipped).
+fn full_counts(serial: &str) -> Vec<u32> {
     serial
         .lines()
+        .filter(|l| l.trim().len() == 4)
         .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
         .collect()
+}
+
+/// The count a counter guest keeps at 0x600, read from a saved RAM image.
+fn count_in_ram(ram: &Path) -> u32 {
+    let ram = std::fs::read(ram).unwrap();
+    u32::from(u16::from_le_bytes([ram[0x600], ram[0x601]]))
+}
+
+/// Runs frames until the first console's guest printed at least `n` counts.
+fn wait_for_counts(h: &mut Harness<'_, TerrariumApp>, n: usize, what: &str) {
+    assert!(
+        run_until(h, Duration::from_secs(60), |a| !a.consoles.is_empty()
+            && full_counts(&console(a).session.serial).len() >= n),
+        "{what}"
+    );
+}
+
+/// An app in `dir` whose VMs run `firmware` (written to `dir`), with the VM `name` made by
+/// `tweak`, started and counting; returns the harness, the VM folder and the firmware file.
+fn counting_vm(
+    dir: &Path,
+    firmware: Vec<u8>,
+    name: &str,
+    tweak: impl FnOnce(&mut VmConfig),
+) -> (Harness<'static, TerrariumApp>, PathBuf, PathBuf) {
+    let path = dir.join("firmware.bin");
+    std::fs::write(&path, firmware).unwrap();
+    let mut app = app_in(dir);
+    app.firmware = Some(path.clone());
+    let vm = make_vm(&mut app, name, tweak);
+    let mut h = harness(app);
+    h.run();
+    h.state_mut().start(&vm);
+    wait_for_counts(&mut h, 3, "no count on serial");
+    (h, vm, path)
 }
 
 #[test]
 fn save_state_and_close_then_start_resumes_where_it_was() {
     let dir = scratch("save-state");
-    let firmware = dir.join("counter.bin");
-    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
-    let mut app = app_in(&dir);
-    app.firmware = Some(firmware);
-    let vm = make_vm(&mut app, "Counter", |_| {});
-    let mut h = harness(app);
-    h.run();
-    h.state_mut().start(&vm);
-    assert!(
-        run_until(&mut h, Duration::from_secs(60), |a| counts(
-            &console(a).session.serial
-        )
-        .len()
-            >= 3),
-        "no count on serial"
+    let (mut h, vm, _) = counting_vm(
+        &dir,
+        conformance::firmware::serial_counter(),
+        "Counter",
+        |_| {},
     );
     click(&mut h, "Machine");
     click(&mut h, "Save state and close");
@@ -454,24 +480,14 @@ fn save_state_and_close_then_start_resumes_where_it_was() {
     h.run_steps(2);
     h.get_by_label("Saved");
 
-    // Starting it resumes: the count goes on instead of starting at 1, and the saved state is
-    // used up.
-    let last_before = {
-        // Read what the saved machine printed last from its RAM image.
-        let ram = std::fs::read(vm.join(vm_library::SAVED_STATE_DIR).join("ram.bin")).unwrap();
-        u32::from(u16::from_le_bytes([ram[0x600], ram[0x601]]))
-    };
+    // Starting it resumes: the count goes on from what the saved machine counted last (read
+    // from its RAM image) instead of starting at 1, and the saved state is used up.
+    let last_before = count_in_ram(&vm.join(vm_library::SAVED_STATE_DIR).join("ram.bin"));
     assert!(last_before >= 3);
     h.get_by_label("Start").click();
     h.run_steps(2);
-    assert!(
-        run_until(&mut h, Duration::from_secs(60), |a| !counts(
-            &console(a).session.serial
-        )
-        .is_empty()),
-        "no count after resuming"
-    );
-    let first = counts(&console(h.state()).session.serial)[0];
+    wait_for_counts(&mut h, 1, "no count after resuming");
+    let first = full_counts(&console(h.state()).session.serial)[0];
     assert!(
         first == last_before || first == last_before + 1,
         "resumed at {first}, saved at {last_before}"
@@ -521,15 +537,6 @@ fn undo_disks_ask_at_power_off_and_discard_leaves_the_disk_alone() {
     );
 }
 
-/// Complete four-digit counts a counter guest printed (a line cut by a snapshot is skipped).
-fn full_counts(serial: &str) -> Vec<u32> {
-    serial
-        .lines()
-        .filter(|l| l.trim().len() == 4)
-        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
-        .collect()
-}
-
 /// The count the disk-counter guest last wrote to sector 0 of the VM's current disk layer.
 fn count_on_disk(vm: &Path) -> u32 {
     let c = Library::load(vm).unwrap();
@@ -542,35 +549,23 @@ fn count_on_disk(vm: &Path) -> u32 {
 
 /// The count saved in a live snapshot's RAM image.
 fn count_in_snapshot(vm: &Path, id: u32) -> u32 {
-    let ram = vm_library::snapshots::snapshot_dir(vm, id).join(machine::saved::RAM_FILE);
-    let ram = std::fs::read(ram).unwrap();
-    u32::from(u16::from_le_bytes([ram[0x600], ram[0x601]]))
+    count_in_ram(&vm_library::snapshots::snapshot_dir(vm, id).join(machine::saved::RAM_FILE))
 }
 
 #[test]
 fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart() {
     let dir = scratch("snapshot-live");
-    let firmware = dir.join("disk-counter.bin");
-    std::fs::write(&firmware, conformance::firmware::disk_counter()).unwrap();
     let base = dir.join("disk.vhd");
     disk::create(
         &base,
         &disk::CreateOptions::new(disk::Format::VhdDynamic, 8 << 20),
     )
     .unwrap();
-    let mut app = app_in(&dir);
-    app.firmware = Some(firmware.clone());
-    let vm = make_vm(&mut app, "Snapper", |c| c.disks = vec![base.clone()]);
-    let mut h = harness(app);
-    h.run();
-    h.state_mut().start(&vm);
-    assert!(
-        run_until(&mut h, Duration::from_secs(60), |a| full_counts(
-            &console(a).session.serial
-        )
-        .len()
-            >= 3),
-        "no count"
+    let (mut h, vm, firmware) = counting_vm(
+        &dir,
+        conformance::firmware::disk_counter(),
+        "Snapper",
+        |c| c.disks = vec![base.clone()],
     );
 
     // Take a live snapshot from the console's Snapshots panel.
@@ -601,13 +596,7 @@ fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart()
         count_on_disk(&vm) < later,
         "the disk kept writes made after the snapshot"
     );
-    assert!(
-        run_until(&mut h, Duration::from_secs(60), |a| !full_counts(
-            &console(a).session.serial
-        )
-        .is_empty()),
-        "no count after reverting"
-    );
+    wait_for_counts(&mut h, 1, "no count after reverting");
     let first = full_counts(&console(h.state()).session.serial)[0];
     assert!(
         first == at_snapshot || first == at_snapshot + 1,
@@ -630,11 +619,7 @@ fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart()
     h.run();
     click(&mut h, "Revert");
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
-    assert!(
-        run_until(&mut h, Duration::from_secs(60), |a| !a.consoles.is_empty()
-            && !full_counts(&console(a).session.serial).is_empty()),
-        "no count after reverting in a new process"
-    );
+    wait_for_counts(&mut h, 1, "no count after reverting in a new process");
     let first = full_counts(&console(h.state()).session.serial)[0];
     assert!(
         first == at_snapshot || first == at_snapshot + 1,

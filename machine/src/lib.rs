@@ -329,6 +329,46 @@ impl Machine {
     /// file is written under a temporary name and renamed, so a failure (a full disk) leaves
     /// an earlier state in `dir` whole and the machine untouched.
     pub fn save_state(&self, dir: &std::path::Path) -> Result<(), MachineError> {
+        let state = self.capture_state()?;
+        create_state_dir(dir)?;
+        let memory = self.attached_memory()?;
+        saved::write_file_atomic(&dir.join(saved::RAM_FILE), |f| memory.save(f))?;
+        state.write(&dir.join(saved::STATE_FILE))?;
+        Ok(())
+    }
+
+    /// Starts saving the machine's state into `dir` and returns as soon as it is fixed, so
+    /// the machine can resume while the files are written: processors and devices are
+    /// captured in memory and RAM is written from a copy-on-write snapshot (`ram-snapshot`).
+    /// The machine must be paused; it stays paused. [`BackgroundSave::finish`] completes the
+    /// files (same names and guarantees as [`Machine::save_state`]).
+    pub fn save_state_background(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<BackgroundSave, MachineError> {
+        let state = self.capture_state()?;
+        create_state_dir(dir)?;
+        let memory = self.attached_memory()?;
+        let ram = dir.join(saved::RAM_FILE);
+        let tmp = dir.join(format!(".{}.tmp-{}", saved::RAM_FILE, std::process::id()));
+        let io = |source| saved::SavedStateError::Io {
+            path: ram.clone(),
+            source,
+        };
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let writer = ram_snapshot::start(&memory.ram, file).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })?;
+        Ok(BackgroundSave {
+            dir: dir.to_path_buf(),
+            tmp,
+            state,
+            writer: Some(writer),
+        })
+    }
+
+    fn capture_state(&self) -> Result<saved::MachineStateV1, MachineError> {
         if self.config.irqchip != IrqChipMode::Split {
             return Err(saved::SavedStateError::Mismatch(
                 "saving needs the interrupt controllers in Terrarium (split irqchip); the \
@@ -341,21 +381,17 @@ impl Machine {
             .control
             .capture_vcpus()
             .map_err(saved::SavedStateError::Vcpu)?;
-        let state = saved::MachineStateV1 {
+        Ok(saved::MachineStateV1 {
             memory_mib: self.config.memory_mib,
             vcpus: vcpus.iter().map(saved::VpStateV1::from).collect(),
             devices: self.chipset.save_devices(),
-        };
-        std::fs::create_dir_all(dir).map_err(|source| saved::SavedStateError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let memory = self.control.memory().ok_or_else(|| {
+        })
+    }
+
+    fn attached_memory(&self) -> Result<&MemoryMap, MachineError> {
+        Ok(self.control.memory().ok_or_else(|| {
             saved::SavedStateError::Vcpu("the machine has no memory attached".into())
-        })?;
-        saved::write_file_atomic(&dir.join(saved::RAM_FILE), |f| memory.save(f))?;
-        state.write(&dir.join(saved::STATE_FILE))?;
-        Ok(())
+        })?)
     }
 
     fn build(
@@ -566,6 +602,66 @@ impl Drop for Machine {
         if !self.threads.is_empty() {
             self.control.power_off(OffReason::Requested);
             self.wait();
+        }
+    }
+}
+
+fn create_state_dir(dir: &std::path::Path) -> Result<(), MachineError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        saved::SavedStateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// A machine state being written while the machine runs on (see
+/// [`Machine::save_state_background`]). Dropping it unfinished stops the write and leaves
+/// `dir` without the new state.
+#[derive(Debug)]
+pub struct BackgroundSave {
+    dir: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    state: saved::MachineStateV1,
+    writer: Option<ram_snapshot::Writer>,
+}
+
+impl BackgroundSave {
+    /// Bytes of RAM written so far and in all.
+    pub fn progress(&self) -> (u64, u64) {
+        self.writer
+            .as_ref()
+            .map_or((0, 0), |w| (w.written(), w.total()))
+    }
+
+    /// True when [`BackgroundSave::finish`] would not wait for RAM any more.
+    pub fn is_ready(&mut self) -> bool {
+        self.writer.as_mut().is_none_or(|w| w.is_finished())
+    }
+
+    /// Waits for RAM to be written and synced, then puts `ram.bin` and `state.bin` in place.
+    /// On failure (a full disk) neither file of this save is left behind.
+    pub fn finish(mut self) -> Result<(), MachineError> {
+        let ram = self.dir.join(saved::RAM_FILE);
+        let written = match self.writer.take() {
+            Some(w) => w.wait(),
+            None => Ok(()),
+        };
+        let placed = written.and_then(|()| std::fs::rename(&self.tmp, &ram));
+        if let Err(source) = placed {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(saved::SavedStateError::Io { path: ram, source }.into());
+        }
+        self.state.write(&self.dir.join(saved::STATE_FILE))?;
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundSave {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }

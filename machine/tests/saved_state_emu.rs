@@ -100,6 +100,67 @@ fn a_restored_machine_continues_the_count_from_its_saved_state() {
     }
 }
 
+/// Drains serial output that arrived while the machine was pausing.
+fn drain(events: &std::sync::mpsc::Receiver<MachineEvent>, out: &mut String) {
+    std::thread::sleep(Duration::from_millis(50));
+    while let Ok(e) = events.try_recv() {
+        if let MachineEvent::Serial(b) = e {
+            out.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+}
+
+#[test]
+fn a_background_save_holds_the_machine_as_it_was_when_paused() {
+    let dir = common::scratch("saved-state-background");
+    let firmware = dir.join("counter.bin");
+    std::fs::write(&firmware, conformance::firmware::serial_counter()).unwrap();
+    let saved = dir.join("state");
+
+    let mut a = machine(config(&firmware), None);
+    let events = a.take_events().unwrap();
+    a.start().unwrap();
+    let mut before = String::new();
+    serial_lines(&events, &mut before, 4);
+    a.pause();
+    drain(&events, &mut before);
+    let mut save = a.save_state_background(&saved).unwrap();
+    // The machine runs on (and changes its counter in RAM) while the state is written.
+    a.resume();
+    let mut more = String::new();
+    serial_lines(&events, &mut more, 3);
+    while !save.is_ready() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (written, total) = save.progress();
+    assert_eq!(written, total);
+    save.finish().unwrap();
+    let ram = std::fs::metadata(saved.join(machine::saved::RAM_FILE))
+        .unwrap()
+        .len();
+    assert_eq!(ram, total);
+    a.power_off();
+    a.wait();
+
+    let mut b = machine(config(&firmware), Some(&saved));
+    let events = b.take_events().unwrap();
+    b.start().unwrap();
+    let mut after = String::new();
+    serial_lines(&events, &mut after, 3);
+    b.power_off();
+    b.wait();
+    // The restored count follows the last value printed before the pause, not the values
+    // the machine printed while its state was being written.
+    let whole = format!("{before}{after}");
+    let values = consecutive(&whole.lines().take(7).collect::<Vec<_>>().join("\n"));
+    assert!(values.len() >= 7, "{whole:?}");
+    let later = consecutive(more.trim_end());
+    assert!(
+        later[0] > *consecutive(before.trim_end()).last().unwrap(),
+        "{more:?}"
+    );
+}
+
 #[test]
 fn damaged_or_mismatched_saved_state_is_refused_clearly() {
     let dir = common::scratch("saved-state-refusals");
@@ -255,6 +316,22 @@ fn a_full_disk_during_save_keeps_the_machine_running_and_the_earlier_state_whole
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+    // The same from a save in the background: the error names the file, nothing is left.
+    let e = a
+        .save_state_background(&saved)
+        .and_then(|s| s.finish())
+        .expect_err("the disk is full");
+    assert!(e.to_string().contains("ram.bin"), "{e}");
+    let names: Vec<_> = std::fs::read_dir(&saved)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(
+        std::fs::read(saved.join(machine::saved::STATE_FILE)).unwrap(),
+        first
+    );
     a.resume();
     serial_lines(&events, &mut out, 8);
     a.power_off();

@@ -5,7 +5,8 @@
 //! writes from then on: a qcow2 overlay over qcow2 and raw layers, a differencing VHD over VHD.
 //! Reverting puts a fresh layer on top of the snapshot's frozen ones (the changes since are
 //! dropped). A live snapshot also holds the machine's state (`state.bin`, `ram.bin`) in its
-//! folder, written by the caller while the VM is paused; reverting to it resumes the VM there.
+//! folder: the VM pauses only while that state is captured, and the snapshot becomes live once
+//! the state is on disk (see [`begin_take`]); reverting to it resumes the VM there.
 //!
 //! Everything lives in the VM folder's `snapshots/`: `snapshots.toml` (the tree, written
 //! atomically, with a CRC-32 line at the end), one folder per snapshot, and the layers. A take
@@ -235,19 +236,109 @@ pub fn space_for_take(config: &VmConfig, ram_bytes: Option<u64>) -> u64 {
     ram_bytes.map_or(0, |r| r + (32 << 20)) + layers
 }
 
-/// Writes a live snapshot's machine state: called with the snapshot's folder and the new disk
-/// layers the running VM must switch to; an `Err` is shown to the user.
-pub type LiveSave<'a> = &'a mut dyn FnMut(&Path, &[PathBuf]) -> Result<(), String>;
+/// Completes a live snapshot's machine state once the VM runs again (waits for its RAM to be
+/// written); an `Err` is shown to the user.
+pub type StateCompletion = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
-/// Takes snapshot `name` of the VM in `vm_dir`. For a live snapshot `live` is called, with the
-/// VM paused by the caller, with the snapshot's folder (to write the machine state into) and
-/// the new layers (to switch the running disks to); when it fails, nothing of the snapshot is
-/// kept and the VM goes on as before.
+/// Captures a live snapshot's machine state: called, with the VM running, with the snapshot's
+/// folder and the new disk layers. It pauses the VM, starts saving the machine state into the
+/// folder, switches the running disks to the layers, resumes the VM, and returns what completes
+/// the save. An `Err` is shown to the user.
+pub type LiveSave<'a> = &'a mut dyn FnMut(&Path, &[PathBuf]) -> Result<StateCompletion, String>;
+
+/// A snapshot taken whose machine state may still be being written: the tree lists it (as a
+/// disk-only snapshot) and the VM writes to its new layers; [`PendingTake::complete`] makes
+/// it live once the state is on disk.
+#[must_use = "a live snapshot stays disk-only until it is completed"]
+pub struct PendingTake {
+    vm_dir: PathBuf,
+    snapshot: Snapshot,
+    completion: Option<StateCompletion>,
+}
+
+impl std::fmt::Debug for PendingTake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTake")
+            .field("snapshot", &self.snapshot)
+            .field("live", &self.completion.is_some())
+            .finish()
+    }
+}
+
+impl PendingTake {
+    /// The snapshot as the tree lists it now.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Waits for the machine state (if any) and marks the snapshot live. When the state cannot
+    /// be written (a full disk), the snapshot stays in the tree with its disks only, its
+    /// folder holds no partial state, and the error says so; the VM is unaffected.
+    pub fn complete(self) -> Result<Snapshot, LibraryError> {
+        let Some(completion) = self.completion else {
+            return Ok(self.snapshot);
+        };
+        let dir = snapshot_dir(&self.vm_dir, self.snapshot.id);
+        if let Err(message) = completion() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            return Err(LibraryError::Invalid {
+                field: "snapshot",
+                message: format!(
+                    "\"{}\" keeps the disks only: its machine state could not be written \
+                     ({message})",
+                    self.snapshot.name
+                ),
+            });
+        }
+        let mut tree = SnapshotTree::load(&self.vm_dir)?;
+        let snapshot = match tree.snapshots.iter_mut().find(|s| s.id == self.snapshot.id) {
+            Some(s) => {
+                s.live = true;
+                s.clone()
+            }
+            None => {
+                return Err(LibraryError::Invalid {
+                    field: "snapshot",
+                    message: format!(
+                        "\"{}\" was removed while its state was being written",
+                        self.snapshot.name
+                    ),
+                })
+            }
+        };
+        tree.save(&self.vm_dir)?;
+        Ok(snapshot)
+    }
+}
+
+/// Takes snapshot `name` of the VM in `vm_dir` and waits until it is complete: see
+/// [`begin_take`] and [`PendingTake::complete`].
 pub fn take(
     vm_dir: &Path,
     name: &str,
     live: Option<LiveSave<'_>>,
 ) -> Result<Snapshot, LibraryError> {
+    begin_take(vm_dir, name, live)?.complete()
+}
+
+/// Takes snapshot `name` of the VM in `vm_dir`. For a live snapshot `live` is called (see
+/// [`LiveSave`]); when it fails, nothing of the snapshot is kept and the VM goes on as before.
+/// Once this returns the VM writes to the new layers and the tree lists the snapshot; a live
+/// snapshot becomes revertible to its machine state when [`PendingTake::complete`] returns.
+///
+/// Order on disk: the snapshot folder and the new layers, the switch of the running disks,
+/// `vm.toml`, the tree. A process that dies before the tree is written leaves the snapshot
+/// unlisted (its files are ignored); one that dies while the state is written leaves a
+/// disk-only snapshot whose disks are as they were at the instant it was taken.
+pub fn begin_take(
+    vm_dir: &Path,
+    name: &str,
+    live: Option<LiveSave<'_>>,
+) -> Result<PendingTake, LibraryError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(LibraryError::Invalid {
@@ -274,19 +365,22 @@ pub fn take(
             return Err(e);
         }
     };
-    let is_live = live.is_some();
-    if let Some(save) = live {
-        if let Err(message) = save(&dir, &fresh) {
-            for p in &fresh {
-                let _ = std::fs::remove_file(p);
+    let completion = match live {
+        Some(save) => match save(&dir, &fresh) {
+            Ok(c) => Some(c),
+            Err(message) => {
+                for p in &fresh {
+                    let _ = std::fs::remove_file(p);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(LibraryError::Invalid {
+                    field: "snapshot",
+                    message,
+                });
             }
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(LibraryError::Invalid {
-                field: "snapshot",
-                message,
-            });
-        }
-    }
+        },
+        None => None,
+    };
     let frozen = std::mem::replace(
         &mut config.disks,
         fresh.iter().map(|p| relative(vm_dir, p)).collect(),
@@ -297,7 +391,8 @@ pub fn take(
         name: name.to_string(),
         parent: tree.current,
         created: now(),
-        live: is_live,
+        // Live once its state is written (PendingTake::complete).
+        live: false,
         disks: frozen,
         deleting: false,
         merge_ids: Vec::new(),
@@ -306,7 +401,11 @@ pub fn take(
     tree.current = Some(id);
     tree.next_id += 1;
     tree.save(vm_dir)?;
-    Ok(snapshot)
+    Ok(PendingTake {
+        vm_dir: vm_dir.to_path_buf(),
+        snapshot,
+        completion,
+    })
 }
 
 /// Makes the VM's disks what they were when snapshot `id` was taken (the VM must be off; the
@@ -686,7 +785,9 @@ mod tests {
     fn a_failed_live_take_leaves_nothing_and_a_damaged_tree_is_refused() {
         let dir = vm("failing", disk::Format::Qcow2);
         let before = crate::Library::load(&dir).unwrap();
-        let mut fail = |_: &Path, _: &[PathBuf]| Err("disk full".to_string());
+        let mut fail = |_: &Path, _: &[PathBuf]| -> Result<StateCompletion, String> {
+            Err("disk full".into())
+        };
         let e = take(&dir, "x", Some(&mut fail)).unwrap_err();
         assert!(e.to_string().contains("disk full"), "{e}");
         assert_eq!(crate::Library::load(&dir).unwrap(), before);
@@ -703,6 +804,48 @@ mod tests {
         std::fs::write(&tree, text.replace("ok", "ko")).unwrap();
         let e = SnapshotTree::load(&dir).unwrap_err().to_string();
         assert!(e.contains("checksum") && e.contains(TREE_FILE), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_live_take_is_disk_only_until_its_state_is_written() {
+        let dir = vm("pending", disk::Format::Qcow2);
+        let mut capture = |state: &Path, _: &[PathBuf]| -> Result<StateCompletion, String> {
+            let state = state.to_path_buf();
+            Ok(Box::new(move || {
+                std::fs::write(state.join("state.bin"), b"state").map_err(|e| e.to_string())
+            }))
+        };
+        let pending = begin_take(&dir, "live", Some(&mut capture)).unwrap();
+        let listed = SnapshotTree::load(&dir).unwrap();
+        assert!(
+            !listed.snapshots[0].live,
+            "live before its state is written"
+        );
+        let done = pending.complete().unwrap();
+        assert!(done.live);
+        assert!(SnapshotTree::load(&dir).unwrap().snapshots[0].live);
+
+        // A state that cannot be written leaves a disk-only snapshot and an empty folder.
+        let mut full = |state: &Path, _: &[PathBuf]| -> Result<StateCompletion, String> {
+            let state = state.to_path_buf();
+            Ok(Box::new(move || {
+                std::fs::write(state.join("ram.bin"), b"partial").unwrap();
+                Err("ram.bin: No space left on device".into())
+            }))
+        };
+        let pending = begin_take(&dir, "full", Some(&mut full)).unwrap();
+        let id = pending.snapshot().id;
+        let e = pending.complete().unwrap_err().to_string();
+        assert!(e.contains("disks only") && e.contains("No space"), "{e}");
+        let tree = SnapshotTree::load(&dir).unwrap();
+        let s = tree.snapshots.iter().find(|s| s.id == id).unwrap();
+        assert!(!s.live);
+        assert_eq!(
+            std::fs::read_dir(snapshot_dir(&dir, id)).unwrap().count(),
+            0
+        );
+        assert_eq!(revert(&dir, id).unwrap(), None, "reverts to its disks only");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -395,6 +395,13 @@ impl Console {
             };
             ui.label(egui::RichText::new(state).strong());
             ui.separator();
+            if let Some((name, done, total)) = self.session.snapshot_saving() {
+                let percent = (done * 100).checked_div(total).unwrap_or(0);
+                ui.label(format!("Saving snapshot \"{name}\": {percent}%"));
+                ui.separator();
+                ui.ctx()
+                    .request_repaint_after(std::time::Duration::from_millis(100));
+            }
             let cpu = match self.session.backend {
                 "kvm" => "CPU: KVM (hardware)",
                 "emu" => "CPU: software",

@@ -875,6 +875,11 @@ impl TerrariumApp {
                     }
                 }
             }
+            match c.session.poll_snapshot() {
+                Some(Err(e)) => self.errors.push(e),
+                Some(Ok(_)) => c.snapshots = Default::default(),
+                None => {}
+            }
             // Thumbnails are saved as a VM turns off, while its last screen is still there.
             if !c.session.is_on() && !c.thumbnail_saved {
                 c.thumbnail_saved = true;
@@ -920,6 +925,18 @@ impl TerrariumApp {
         use vm_library::snapshots as snap;
         let console = self.console_index(dir).map(|i| self.consoles[i].clone());
         let running = console.as_ref().is_some_and(|c| lock(c).session.is_on());
+        let saving = console.as_ref().and_then(|c| {
+            let c = lock(c);
+            c.session
+                .snapshot_saving()
+                .map(|(name, _, _)| name.to_string())
+        });
+        if let Some(name) = saving {
+            self.errors.push(format!(
+                "snapshot \"{name}\" is still being saved; try again when it is done"
+            ));
+            return;
+        }
         let result = match action {
             SnapshotAction::Take(name) => match &console {
                 Some(c) => lock(c).session.take_snapshot(&name).map(|_| ()),

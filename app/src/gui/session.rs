@@ -6,6 +6,7 @@ use machine::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_library::{BackendChoice, BootChoice, VmConfig};
 
@@ -178,6 +179,20 @@ pub struct Session {
     pub saved: bool,
     /// Tells other processes the VM runs here.
     running: Option<vm_library::RunningMark>,
+    /// A live snapshot whose machine state is being written.
+    pending_take: Option<TakeJob>,
+}
+
+/// The background half of a live snapshot: its state written while the VM runs.
+struct TakeJob {
+    name: String,
+    /// RAM bytes written and in all.
+    progress: Arc<Mutex<(u64, u64)>>,
+    thread: std::thread::JoinHandle<Result<vm_library::snapshots::Snapshot, String>>,
+}
+
+fn lock_progress(p: &Mutex<(u64, u64)>) -> std::sync::MutexGuard<'_, (u64, u64)> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Deletes the VM's saved state (starting it then boots afresh).
@@ -258,6 +273,7 @@ impl Session {
             started: Instant::now(),
             saved: false,
             running: Some(vm_library::RunningMark::new(dir)),
+            pending_take: None,
         })
     }
 
@@ -313,33 +329,90 @@ impl Session {
         }
     }
 
-    /// Takes a snapshot: with the machine's state while it runs (paused meanwhile, then its
-    /// disks switched to the new layers), of the disks alone when it is off.
-    pub fn take_snapshot(&mut self, name: &str) -> Result<vm_library::snapshots::Snapshot, String> {
+    /// Takes a snapshot: of the disks alone when the VM is off; with the machine's state while
+    /// it is on. Then the VM pauses only while its state is captured and its disks switch to
+    /// the new layers; the state is written while it runs on ([`Session::snapshot_saving`],
+    /// [`Session::poll_snapshot`]).
+    pub fn take_snapshot(&mut self, name: &str) -> Result<(), String> {
         if self.config.undo_disks {
             return Err("snapshots need undo disks turned off (both layer the disks)".into());
         }
-        let result = if self.is_on() {
-            let was_running = self.state == machine::RunState::Running;
-            self.machine.pause();
-            let machine = &self.machine;
-            let mut live = |state: &Path, layers: &[std::path::PathBuf]| {
-                machine.save_state(state).map_err(|e| e.to_string())?;
-                machine.switch_disks(layers).map_err(|e| e.to_string())
-            };
-            let r = vm_library::snapshots::take(&self.dir, name, Some(&mut live));
+        if let Some(job) = &self.pending_take {
+            return Err(format!(
+                "snapshot \"{}\" is still being saved; wait for it to finish",
+                job.name
+            ));
+        }
+        if !self.is_on() {
+            vm_library::snapshots::take(&self.dir, name, None).map_err(|e| e.to_string())?;
+            self.reload_config();
+            return Ok(());
+        }
+        let was_running = self.state == RunState::Running;
+        let machine = &self.machine;
+        let progress = Arc::new(Mutex::new((0u64, 0u64)));
+        let shared = progress.clone();
+        let mut live = |state: &Path,
+                        layers: &[PathBuf]|
+         -> Result<vm_library::snapshots::StateCompletion, String> {
+            machine.pause();
+            let captured = machine.save_state_background(state).and_then(|save| {
+                machine.switch_disks(layers)?;
+                Ok(save)
+            });
             if was_running {
-                self.machine.resume();
+                machine.resume();
             }
-            r
-        } else {
-            vm_library::snapshots::take(&self.dir, name, None)
+            let mut save = captured.map_err(|e| e.to_string())?;
+            let progress = shared.clone();
+            Ok(Box::new(move || {
+                while !save.is_ready() {
+                    *lock_progress(&progress) = save.progress();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                *lock_progress(&progress) = save.progress();
+                save.finish().map_err(|e| e.to_string())
+            }))
         };
-        let snapshot = result.map_err(|e| e.to_string())?;
+        let pending = vm_library::snapshots::begin_take(&self.dir, name, Some(&mut live))
+            .map_err(|e| e.to_string())?;
+        self.reload_config();
+        let thread = std::thread::spawn(move || pending.complete().map_err(|e| e.to_string()));
+        self.pending_take = Some(TakeJob {
+            name: name.trim().to_string(),
+            progress,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// While a snapshot's machine state is being written: its name and the RAM bytes written
+    /// so far and in all.
+    pub fn snapshot_saving(&self) -> Option<(&str, u64, u64)> {
+        self.pending_take.as_ref().map(|job| {
+            let (done, total) = *lock_progress(&job.progress);
+            (job.name.as_str(), done, total)
+        })
+    }
+
+    /// Collects a snapshot whose state has been written since the last call: `Some(Err)` says
+    /// it was kept with its disks only, and why.
+    pub fn poll_snapshot(&mut self) -> Option<Result<vm_library::snapshots::Snapshot, String>> {
+        if !self.pending_take.as_ref()?.thread.is_finished() {
+            return None;
+        }
+        let job = self.pending_take.take()?;
+        Some(
+            job.thread
+                .join()
+                .unwrap_or_else(|_| Err(format!("saving snapshot \"{}\" failed", job.name))),
+        )
+    }
+
+    fn reload_config(&mut self) {
         if let Ok(c) = vm_library::Library::load(&self.dir) {
             self.config = c;
         }
-        Ok(snapshot)
     }
 
     /// Saves the VM's state into its folder and turns it off; the next start resumes there.
@@ -406,8 +479,12 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Turns the VM off and lets a snapshot being saved finish (it no longer needs the VM).
     fn drop(&mut self) {
         self.power_off();
+        if let Some(job) = self.pending_take.take() {
+            let _ = job.thread.join();
+        }
     }
 }
 

@@ -574,9 +574,20 @@ fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart()
     h.run_steps(2);
     click(&mut h, "Take snapshot");
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // The VM runs on while the snapshot's machine state is written; then it is live.
+    let live = |vm: &Path| {
+        vm_library::snapshots::SnapshotTree::load(vm)
+            .map(|t| t.snapshots.first().is_some_and(|s| s.live))
+            .unwrap_or(false)
+    };
+    assert!(
+        run_until(&mut h, Duration::from_secs(60), |_| live(&vm)),
+        "the snapshot's machine state was never completed"
+    );
+    h.run_steps(2);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     let tree = vm_library::snapshots::SnapshotTree::load(&vm).unwrap();
     let snap = tree.snapshots[0].clone();
-    assert!(snap.live);
     let at_snapshot = count_in_snapshot(&vm, snap.id);
 
     // The guest goes on counting and writing to its disk (now the new layer).

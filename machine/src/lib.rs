@@ -175,8 +175,9 @@ pub enum MachineEvent {
     Off(OffReason),
 }
 
-/// Creates a partition on the requested backend. `Auto` means KVM here; callers that want the
-/// software-CPU fallback try [`Backend::Kvm`] first and explain the fallback to the user.
+/// Creates a partition on the requested backend. `Auto` means the host's hypervisor (KVM on
+/// Linux, WHP on Windows); callers that want the software-CPU fallback use
+/// [`create_partition_auto`], which explains the fallback to the user.
 pub fn create_partition(
     backend: Backend,
     cpus: u32,
@@ -193,12 +194,12 @@ pub fn create_partition(
             Ok(Arc::new(kvm.create_partition(&config)?))
         }
         #[cfg(not(target_os = "linux"))]
-        Backend::Auto | Backend::Kvm => Err(MachineError::Backend(
+        Backend::Kvm => Err(MachineError::Backend(
             "KVM exists only on Linux hosts".into(),
         )),
-        Backend::Whp => Err(MachineError::Backend(
-            "the Windows Hypervisor Platform backend is not available in this build".into(),
-        )),
+        #[cfg(not(target_os = "linux"))]
+        Backend::Auto => Ok(backend_whp::create_partition(&config)?),
+        Backend::Whp => Ok(backend_whp::create_partition(&config)?),
         Backend::Emu => Ok(Arc::new(
             backend_emu::EmuHypervisor.create_partition(&config)?,
         )),
@@ -240,18 +241,23 @@ pub fn kvm_limitation() -> Option<String> {
         })
 }
 
-/// Creates a partition for `Backend::Auto`: KVM when it can run full guests here, the software
-/// CPU otherwise, with a one-line note saying why and how to get hardware virtualization.
+/// Creates a partition for `Backend::Auto`: the host's hypervisor (KVM on Linux, WHP on
+/// Windows) when it can run full guests here, the software CPU otherwise, with a one-line note saying why and how to get hardware virtualization.
 pub fn create_partition_auto(
     cpus: u32,
     irqchip: IrqChipMode,
 ) -> Result<(Arc<dyn Partition>, Option<String>), MachineError> {
-    let why = match create_partition(Backend::Kvm, cpus, irqchip) {
-        Ok(p) => match kvm_limitation() {
+    let (name, limitation) = if cfg!(windows) {
+        ("the Windows Hypervisor Platform", None)
+    } else {
+        ("KVM", kvm_limitation())
+    };
+    let why = match create_partition(Backend::Auto, cpus, irqchip) {
+        Ok(p) => match limitation {
             None => return Ok((p, None)),
             Some(why) => why,
         },
-        Err(e) => format!("KVM is not usable: {e}"),
+        Err(e) => format!("{name} is not usable: {e}"),
     };
     let partition = create_partition(Backend::Emu, cpus, IrqChipMode::Split)?;
     Ok((

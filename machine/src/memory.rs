@@ -142,13 +142,7 @@ impl MemoryMap {
 
     /// Writes all RAM to `out`, region after region, straight from guest memory.
     pub fn save(&self, out: &mut std::fs::File) -> std::io::Result<()> {
-        use vm_memory::Bytes as _;
-        for r in &self.ram {
-            let len = r.len() as usize;
-            r.write_all_volatile_to(MemoryRegionAddress(0), out, len)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-        }
-        Ok(())
+        ram_snapshot::write_regions(&self.ram, out)
     }
 
     /// The RAM regions (start, size) for `ram_size` bytes.

@@ -257,15 +257,16 @@ fn linux_framebuffer_console_keyboard_and_mouse() {
         Duration::from_secs(120),
         "mouse packets in the guest",
         |g| {
+            // A whole line: the serial output may stop in the middle of one.
             g.serial
-                .lines()
-                .any(|l| l.starts_with("MOUSE ") && l.len() > 20)
+                .split_inclusive('\n')
+                .any(|l| l.starts_with("MOUSE ") && l.ends_with('\n'))
         },
     );
     let packets: Vec<u8> = g
         .serial
-        .lines()
-        .find(|l| l.starts_with("MOUSE ") && l.len() > 20)
+        .split_inclusive('\n')
+        .find(|l| l.starts_with("MOUSE ") && l.ends_with('\n'))
         .unwrap()
         .split_whitespace()
         .skip(1)

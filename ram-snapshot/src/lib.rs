@@ -19,7 +19,7 @@
 #![deny(unsafe_code)]
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
 use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
 
@@ -86,17 +86,33 @@ impl Drop for Writer {
     }
 }
 
-/// Writes the regions from this process (the fallback without `fork`, and the reference the
-/// tests compare against).
-pub fn write_now(regions: &[Arc<GuestRegionMmap>], file: &mut File) -> io::Result<()> {
+/// Writes the regions back to back into `out` from this process, through a bounce buffer
+/// (portable: no file-descriptor I/O on guest memory).
+pub fn write_regions(regions: &[Arc<GuestRegionMmap>], out: &mut impl Write) -> io::Result<()> {
     use vm_memory::{Bytes, GuestMemoryRegion, MemoryRegionAddress};
+    let mut buf = vec![0u8; BOUNCE];
     for r in regions {
-        let len = r.len() as usize;
-        r.write_all_volatile_to(MemoryRegionAddress(0), file, len)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let len = r.len();
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(BOUNCE as u64) as usize;
+            r.read_slice(&mut buf[..n], MemoryRegionAddress(done))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+        }
     }
+    Ok(())
+}
+
+/// Writes the regions from this process and syncs the file (the fallback without `fork`).
+pub fn write_now(regions: &[Arc<GuestRegionMmap>], file: &mut File) -> io::Result<()> {
+    write_regions(regions, file)?;
     file.sync_all()
 }
+
+/// Bounce-buffer size of [`write_regions`].
+const BOUNCE: usize = 4 << 20;
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]

@@ -292,6 +292,57 @@ impl Cpu {
         }
     }
 
+    /// Executes the one instruction at CS:RIP on behalf of a hypervisor that stopped on it (an
+    /// MMIO access or a string port I/O instruction) and returns a fault instead of delivering
+    /// it through the IDT, so that the caller can inject it into the real processor.
+    ///
+    /// `prefetched` holds the instruction bytes the hypervisor reported (may be empty); they
+    /// are decoded when they contain the whole instruction, otherwise the instruction is
+    /// fetched through the page tables. On a fault RIP points at the instruction again and
+    /// registers describe the work left (a REP string instruction stops at the faulting
+    /// element). A REP instruction may also return `Ok` with RIP unchanged after a bounded
+    /// number of iterations; running the guest then continues it.
+    pub fn emulate_one(&mut self, bus: &mut dyn Bus, prefetched: &[u8]) -> Result<(), Fault> {
+        self.insn_start = self.state.rip;
+        self.new_shadow = false;
+        let mut insn = Instruction::default();
+        let mut decoded = false;
+        if !prefetched.is_empty() {
+            let bytes = &prefetched[..prefetched.len().min(15)];
+            let mut d = Decoder::with_ip(
+                self.state.bitness(),
+                bytes,
+                self.state.rip,
+                DecoderOptions::NO_INVALID_CHECK,
+            );
+            d.decode_out(&mut insn);
+            // Too few bytes: fall back to fetching; anything else invalid is #UD below.
+            decoded = !(insn.is_invalid() && d.last_error() == iced_x86::DecoderError::NoMoreBytes);
+        }
+        let result = if decoded {
+            if insn.is_invalid() {
+                Err(Fault::ud())
+            } else {
+                Ok(())
+            }
+        } else {
+            self.fetch_decode(bus, &mut insn)
+        }
+        .and_then(|()| self.execute(&insn, bus));
+        match result {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                self.state.rip = self.insn_start;
+                if f.vector == RETRY {
+                    // A locked update lost a race: the guest runs the instruction again.
+                    Ok(())
+                } else {
+                    Err(f)
+                }
+            }
+        }
+    }
+
     /// Delivers an exception raised by the current instruction, escalating to #DF and triple
     /// fault as the processor does.
     pub(crate) fn raise(&mut self, f: Fault, bus: &mut dyn Bus) -> Step {

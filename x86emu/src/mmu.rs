@@ -1,8 +1,9 @@
 //! Linear and physical address translation: segmentation checks and the page walk
 //! (2-level, PAE, 4-level) with accessed/dirty updates and page-fault error codes.
 
-use crate::cpu::{Bus, Cpu, Fault, R};
+use crate::cpu::{Bus, Cpu, Fault, RamRegion, R};
 use crate::state::{cr, efer, seg};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// What an access is for (selects the permission checks and the #PF error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +26,60 @@ const NX: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 fn read_u64(bus: &mut dyn Bus, addr: u64) -> u64 {
+    if let Some(m) = ram_slice(bus.ram(), addr, 8, false) {
+        return load(m);
+    }
     let mut b = [0u8; 8];
     bus.read(addr, &mut b);
     u64::from_le_bytes(b)
 }
 
 fn read_u32(bus: &mut dyn Bus, addr: u64) -> u64 {
+    if let Some(m) = ram_slice(bus.ram(), addr, 4, false) {
+        return load(m);
+    }
     let mut b = [0u8; 4];
     bus.read(addr, &mut b);
     u64::from(u32::from_le_bytes(b))
+}
+
+/// The directly accessible RAM holding the `len` bytes at `phys` (writable RAM for `write`).
+#[inline]
+pub(crate) fn ram_slice<'b>(
+    regions: &'b [RamRegion<'b>],
+    phys: u64,
+    len: usize,
+    write: bool,
+) -> Option<&'b [AtomicU8]> {
+    for r in regions {
+        let off = phys.wrapping_sub(r.start);
+        if off < r.bytes.len() as u64 {
+            if write && !r.writable {
+                return None;
+            }
+            let off = off as usize;
+            return r.bytes.get(off..off.checked_add(len)?);
+        }
+    }
+    None
+}
+
+/// Little-endian value of up to 8 bytes of RAM.
+#[inline]
+pub(crate) fn load(m: &[AtomicU8]) -> u64 {
+    let mut v = 0u64;
+    for (k, b) in m.iter().enumerate().take(8) {
+        v |= u64::from(b.load(Ordering::Relaxed)) << (8 * k);
+    }
+    v
+}
+
+/// Stores the low `m.len()` bytes (up to 8) of `v`, little-endian.
+#[inline]
+fn store(m: &[AtomicU8], v: u64) {
+    for (k, b) in m.iter().enumerate().take(8) {
+        b.store((v >> (8 * k)) as u8, Ordering::Relaxed);
+    }
 }
 
 impl Cpu {
@@ -221,6 +267,7 @@ impl Cpu {
             lin,
             crate::cache::TlbEntry {
                 key: 0,
+                gen: 0,
                 phys: phys & !0xfff,
                 // A write hit needs the dirty bit already set and write permission for
                 // supervisor code (WP rules); user writes also need `user_write`.
@@ -229,6 +276,7 @@ impl Cpu {
                 user: allow_user,
                 exec: allow_exec,
             },
+            offset_mask != 0xfff,
         );
         Ok(phys)
     }
@@ -247,10 +295,39 @@ impl Cpu {
             let a = lin.wrapping_add(done as u64);
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
             let phys = self.translate(a, access, user, bus)?;
-            bus.read(phys, &mut buf[done..done + chunk]);
+            phys_read(phys, &mut buf[done..done + chunk], bus);
             done += chunk;
         }
         Ok(())
+    }
+
+    /// Writes physical memory, directly when it is plain RAM and the writes can be reported
+    /// to the code tracker.
+    #[inline]
+    pub(crate) fn phys_write(&self, phys: u64, data: &[u8], bus: &mut dyn Bus) {
+        if let Some(t) = &self.code {
+            if let Some(m) = ram_slice(bus.ram(), phys, data.len(), true) {
+                for (d, s) in m.iter().zip(data) {
+                    d.store(*s, Ordering::Relaxed);
+                }
+                t.note_write(phys, data.len());
+                return;
+            }
+        }
+        bus.write(phys, data);
+    }
+
+    /// Writes a value of up to 8 bytes to physical memory (within one page).
+    #[inline]
+    fn phys_write_val(&self, phys: u64, size: usize, v: u64, bus: &mut dyn Bus) {
+        if let Some(t) = &self.code {
+            if let Some(m) = ram_slice(bus.ram(), phys, size, true) {
+                store(m, v);
+                t.note_write(phys, size);
+                return;
+            }
+        }
+        bus.write(phys, &v.to_le_bytes()[..size]);
     }
 
     /// Writes at a linear address; all pages are translated before any byte is written.
@@ -259,12 +336,12 @@ impl Cpu {
         let first_len = ((0x1000 - (lin & 0xfff)) as usize).min(buf.len());
         let p1 = self.translate(lin, Access::Write, user, bus)?;
         if first_len == buf.len() {
-            bus.write(p1, buf);
+            self.phys_write(p1, buf, bus);
             return Ok(());
         }
         let p2 = self.translate(lin.wrapping_add(first_len as u64), Access::Write, user, bus)?;
-        bus.write(p1, &buf[..first_len]);
-        bus.write(p2, &buf[first_len..]);
+        self.phys_write(p1, &buf[..first_len], bus);
+        self.phys_write(p2, &buf[first_len..], bus);
         Ok(())
     }
 
@@ -300,8 +377,19 @@ impl Cpu {
         size: usize,
         bus: &mut dyn Bus,
     ) -> R<u64> {
+        let lin = self.linear(segi, offset, size as u64, Access::Read)?;
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            let user = self.state.cpl() == 3;
+            let phys = self.translate(lin, Access::Read, user, bus)?;
+            if let Some(m) = ram_slice(bus.ram(), phys, size, false) {
+                return Ok(load(m));
+            }
+            let mut b = [0u8; 8];
+            bus.read(phys, &mut b[..size]);
+            return Ok(u64::from_le_bytes(b));
+        }
         let mut b = [0u8; 8];
-        self.read_mem(segi, offset, &mut b[..size], bus)?;
+        self.read_linear(lin, &mut b[..size], Access::Read, bus)?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -314,7 +402,14 @@ impl Cpu {
         v: u64,
         bus: &mut dyn Bus,
     ) -> R<()> {
-        self.write_mem(segi, offset, &v.to_le_bytes()[..size], bus)
+        let lin = self.linear(segi, offset, size as u64, Access::Write)?;
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            let user = self.state.cpl() == 3;
+            let phys = self.translate(lin, Access::Write, user, bus)?;
+            self.phys_write_val(phys, size, v, bus);
+            return Ok(());
+        }
+        self.write_linear(lin, &v.to_le_bytes()[..size], bus)
     }
 
     /// Reads a value at a linear address with supervisor rights (descriptor tables, TSS).
@@ -325,7 +420,7 @@ impl Cpu {
             let a = lin.wrapping_add(done as u64);
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(size - done);
             let phys = self.translate(a, Access::Read, false, bus)?;
-            bus.read(phys, &mut b[done..done + chunk]);
+            phys_read(phys, &mut b[done..done + chunk], bus);
             done += chunk;
         }
         Ok(u64::from_le_bytes(b))
@@ -342,6 +437,18 @@ impl Cpu {
         }
         Ok(())
     }
+}
+
+/// Reads physical memory, directly when it is plain RAM.
+#[inline]
+pub(crate) fn phys_read(phys: u64, buf: &mut [u8], bus: &mut dyn Bus) {
+    if let Some(m) = ram_slice(bus.ram(), phys, buf.len(), false) {
+        for (d, s) in buf.iter_mut().zip(m) {
+            *d = s.load(Ordering::Relaxed);
+        }
+        return;
+    }
+    bus.read(phys, buf);
 }
 
 /// True when the top 17 bits of a 48-bit address agree.

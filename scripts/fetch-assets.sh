@@ -123,10 +123,11 @@ say() {
 load_modules() {
     for m in \$(cat /lib/modules/order); do insmod /lib/modules/\$m.ko 2>/dev/null; done
 }
-# wait_for PATH...: up to 10 s for the first of them to appear.
+# wait_for PATH...: up to 60 s of guest time for the first of them to appear (drivers probe
+# asynchronously, and a software CPU on a busy host may take many seconds for it).
 wait_for() {
     i=0
-    while [ \$i -lt 100 ]; do
+    while [ \$i -lt 600 ]; do
         for p in "\$@"; do [ -e "\$p" ] && return 0; done
         sleep 0.1; i=\$((i + 1))
     done

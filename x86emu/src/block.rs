@@ -13,10 +13,12 @@
 //! write to a page holding cached code (self-modifying code, DMA, another processor) starts a
 //! new epoch, and the running block stops after the instruction that made the write.
 //!
-//! Common register forms (ALU, MOV, INC/DEC, Jcc, JMP) carry their operands pre-decoded in
-//! [`Fast`] and skip the generic operand path; everything else runs through `execute`.
+//! Common register and memory forms (ALU, MOV, INC/DEC, LEA, PUSH/POP, Jcc, JMP, CMOVcc,
+//! register shifts, IMUL) carry their operands pre-decoded in [`Fast`] and skip the generic
+//! operand path; everything else runs through `execute`. The ALU fast forms defer their status
+//! flags ([`Lazy`]); RFLAGS is brought up to date before anything else can read it.
 
-use crate::alu::{self, CF, STATUS, ZF};
+use crate::alu::{self, Shift, CF, STATUS, ZF};
 use crate::cache::{Block, BlockCache, Decoded, Flow, BLOCK_MAX};
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
 use crate::mmu::Access;
@@ -226,6 +228,39 @@ pub(crate) enum Fast {
     Jmp {
         target: u64,
     },
+    /// CMOVcc from a register.
+    CmovRR {
+        cc: ConditionCode,
+        dst: Gpr,
+        src: Gpr,
+    },
+    /// CMOVcc from memory (read whether or not the condition holds).
+    CmovRM {
+        cc: ConditionCode,
+        dst: Gpr,
+        m: MemOp,
+    },
+    /// Shift or rotate of a register by a constant.
+    ShiftRI {
+        op: Shift,
+        r: Gpr,
+        count: u8,
+    },
+    /// Shift or rotate of a register by CL.
+    ShiftRCl {
+        op: Shift,
+        r: Gpr,
+    },
+    /// Two-operand IMUL with a register source.
+    ImulRR {
+        dst: Gpr,
+        src: Gpr,
+    },
+    /// Two-operand IMUL with a memory source.
+    ImulRM {
+        dst: Gpr,
+        m: MemOp,
+    },
 }
 
 fn alu_op(m: M) -> Option<AluOp> {
@@ -357,6 +392,64 @@ fn fast_form(i: &Instruction, bits: u32) -> Fast {
                 r,
             },
             None => Fast::Generic,
+        },
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
+            let cc = i.condition_code();
+            match (reg(0), reg(1), mem(1)) {
+                (Some(dst), Some(src), _) if src.size == dst.size => Fast::CmovRR { cc, dst, src },
+                (Some(dst), None, Some(mo)) if mo.size == dst.size => {
+                    Fast::CmovRM { cc, dst, m: mo }
+                }
+                _ => Fast::Generic,
+            }
+        }
+        M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Shr | M::Sal | M::Sar => {
+            let op = match m {
+                M::Rol => Shift::Rol,
+                M::Ror => Shift::Ror,
+                M::Rcl => Shift::Rcl,
+                M::Rcr => Shift::Rcr,
+                M::Shl => Shift::Shl,
+                M::Sal => Shift::Sal,
+                M::Shr => Shift::Shr,
+                _ => Shift::Sar,
+            };
+            let Some(r) = reg(0) else {
+                return Fast::Generic;
+            };
+            if i.op_count() == 1 {
+                Fast::ShiftRI { op, r, count: 1 }
+            } else if let Some(v) = imm(1) {
+                Fast::ShiftRI {
+                    op,
+                    r,
+                    count: v as u8,
+                }
+            } else if i.op_kind(1) == OpKind::Register && i.op_register(1) == Register::CL {
+                Fast::ShiftRCl { op, r }
+            } else {
+                Fast::Generic
+            }
+        }
+        M::Imul if i.op_count() == 2 => match (reg(0), reg(1), mem(1)) {
+            (Some(dst), Some(src), _) if src.size == dst.size => Fast::ImulRR { dst, src },
+            (Some(dst), None, Some(mo)) if mo.size == dst.size => Fast::ImulRM { dst, m: mo },
+            _ => Fast::Generic,
         },
         M::Jo
         | M::Jno
@@ -614,11 +707,29 @@ impl Cpu {
             return Step::Executed;
         };
         let mut left = i64::from(budget);
-        let mut unchecked = 0u32;
         // Where the previous block ran; valid while only block-continuing instructions ran
         // (same mode, segments, paging and TLB).
         let mut ctx: Option<FetchCtx> = None;
-        while left > 0 {
+        // Status flags of the last ALU fast form, pending across blocks; written to RFLAGS
+        // before anything outside the block engine can look (see `Lazy`).
+        let mut lz = Lazy::NONE;
+        let step = self.run_blocks(bus, &tracker, &mut left, &mut ctx, &mut lz, stop);
+        self.settle(&mut lz);
+        step
+    }
+
+    /// The loop of [`Cpu::run`].
+    fn run_blocks(
+        &mut self,
+        bus: &mut dyn Bus,
+        tracker: &crate::cache::CodeTracker,
+        left: &mut i64,
+        ctx: &mut Option<FetchCtx>,
+        lz: &mut Lazy,
+        stop: &mut dyn FnMut(&Cpu) -> bool,
+    ) -> Step {
+        let mut unchecked = 0u32;
+        while *left > 0 {
             if self.state.wait_for_sipi || self.state.halted {
                 return Step::Halted;
             }
@@ -630,7 +741,7 @@ impl Cpu {
             } else {
                 match self.block_for_rip(bus, epoch) {
                     Some((i, c)) => {
-                        ctx = c;
+                        *ctx = c;
                         Some(i)
                     }
                     None => None,
@@ -639,12 +750,13 @@ impl Cpu {
             let Some(idx) = idx else {
                 // One instruction the slow way: it raises the fetch fault, crosses a page,
                 // or ends an interrupt shadow.
-                left -= 1;
+                *left -= 1;
+                self.settle(lz);
                 match self.step(bus) {
                     Step::Executed => {}
                     s => return s,
                 }
-                ctx = None;
+                *ctx = None;
                 unchecked = 0;
                 if stop(self) {
                     break;
@@ -652,9 +764,9 @@ impl Cpu {
                 continue;
             };
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
-            let (done, exit) = self.run_block(&insns, bus, &tracker, epoch);
+            let (done, exit) = self.run_block(&insns, bus, tracker, epoch, lz);
             self.blocks.blocks[idx].insns = insns;
-            left -= i64::from(done);
+            *left -= i64::from(done);
             unchecked += done;
             match exit {
                 BlockExit::Continue => {
@@ -662,11 +774,12 @@ impl Cpu {
                         continue;
                     }
                 }
-                BlockExit::Check => ctx = None,
+                BlockExit::Check => *ctx = None,
                 BlockExit::Halted => return Step::Halted,
                 BlockExit::TripleFault => return Step::TripleFault,
             }
             unchecked = 0;
+            self.settle(lz);
             if stop(self) {
                 break;
             }
@@ -800,24 +913,28 @@ impl Cpu {
 
     /// Executes a block from its first instruction; returns how many instructions completed
     /// and why it stopped.
+    #[inline(always)]
     fn run_block(
         &mut self,
         insns: &[Decoded],
         bus: &mut dyn Bus,
         tracker: &crate::cache::CodeTracker,
         epoch: u64,
+        lz: &mut Lazy,
     ) -> (u32, BlockExit) {
         let mut done = 0;
         for d in insns {
             self.insn_start = self.state.rip;
             let r = match d.fast {
                 Fast::Generic => {
+                    self.settle(lz);
                     self.new_shadow = false;
                     self.execute(&d.insn, bus)
                 }
-                f => self.exec_fast(f, d.next, bus),
+                f => self.exec_fast(f, d.next, lz, bus),
             };
             if let Err(f) = r {
+                self.settle(lz);
                 self.state.rip = self.insn_start;
                 // As in `step`: a shadow the faulting instruction set still applies.
                 if self.new_shadow {
@@ -848,6 +965,7 @@ impl Cpu {
                 }
                 Flow::End => return (done, BlockExit::Continue),
                 Flow::Exit => {
+                    self.settle(lz);
                     // Blocks start only outside an interrupt shadow (see `run`).
                     if self.new_shadow {
                         self.state.interrupt_shadow = true;
@@ -886,31 +1004,155 @@ impl Cpu {
         };
     }
 
-    /// A two-operand ALU operation: sets the status flags, returns the result when it is
-    /// written back (not for CMP and TEST).
-    #[inline]
-    fn alu_fast(&mut self, op: AluOp, bits: u32, a: u64, b: u64) -> Option<u64> {
-        let carry = self.state.rflags & CF != 0;
-        let (r, f) = match op {
-            AluOp::Add => alu::add(bits, a, b, false),
-            AluOp::Adc => alu::add(bits, a, b, carry),
-            AluOp::Sub | AluOp::Cmp => alu::sub(bits, a, b, false),
-            AluOp::Sbb => alu::sub(bits, a, b, carry),
+    /// A two-operand ALU operation: records its status flags in `lz` (ADC and SBB, which read
+    /// CF, set them at once), returns the result when it is written back (not for CMP and
+    /// TEST).
+    #[inline(always)]
+    fn alu_fast(&mut self, lz: &mut Lazy, op: AluOp, bits: u32, a: u64, b: u64) -> Option<u64> {
+        let m = alu::mask(bits);
+        let (a, b) = (a & m, b & m);
+        let r = match op {
+            AluOp::Add => {
+                *lz = Lazy::new(LazyOp::Add, bits, a, b);
+                a.wrapping_add(b) & m
+            }
+            AluOp::Sub => {
+                *lz = Lazy::new(LazyOp::Sub, bits, a, b);
+                a.wrapping_sub(b) & m
+            }
+            AluOp::Cmp => {
+                *lz = Lazy::new(LazyOp::Sub, bits, a, b);
+                return None;
+            }
             AluOp::And | AluOp::Test => {
                 let r = a & b;
-                (r, alu::logic(bits, r))
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                if op == AluOp::Test {
+                    return None;
+                }
+                r
             }
             AluOp::Or => {
                 let r = a | b;
-                (r, alu::logic(bits, r))
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                r
             }
             AluOp::Xor => {
                 let r = a ^ b;
-                (r, alu::logic(bits, r))
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                r
+            }
+            AluOp::Adc | AluOp::Sbb => {
+                self.settle(lz);
+                let carry = self.state.rflags & CF != 0;
+                let (r, f) = if op == AluOp::Adc {
+                    alu::add(bits, a, b, carry)
+                } else {
+                    alu::sub(bits, a, b, carry)
+                };
+                self.set_flags(STATUS, f);
+                r
             }
         };
+        Some(r)
+    }
+
+    /// Writes the status flags recorded in `lz` to RFLAGS (with the same `alu` functions the
+    /// generic path uses, so the result is exact) and clears it.
+    #[inline(always)]
+    fn settle(&mut self, lz: &mut Lazy) {
+        if lz.op != LazyOp::None {
+            self.settle_pending(lz);
+        }
+    }
+
+    #[inline(never)]
+    fn settle_pending(&mut self, lz: &mut Lazy) {
+        let bits = u32::from(lz.bits);
+        let f = match lz.op {
+            LazyOp::None => return,
+            LazyOp::Add => alu::add(bits, lz.a, lz.b, false).1,
+            LazyOp::Sub => alu::sub(bits, lz.a, lz.b, false).1,
+            LazyOp::Logic => alu::logic(bits, lz.a),
+            LazyOp::Inc => alu::inc(bits, lz.a, lz.b * CF).1,
+            LazyOp::Dec => alu::dec(bits, lz.a, lz.b * CF).1,
+        };
         self.set_flags(STATUS, f);
-        (!matches!(op, AluOp::Cmp | AluOp::Test)).then_some(r)
+        *lz = Lazy::NONE;
+    }
+
+    /// CF as the operation recorded in `lz` (or RFLAGS, with nothing pending) leaves it.
+    #[inline(always)]
+    fn lazy_cf(&self, lz: &Lazy) -> bool {
+        match lz.op {
+            LazyOp::None => self.state.rflags & CF != 0,
+            LazyOp::Add => lz.a.wrapping_add(lz.b) & alu::mask(u32::from(lz.bits)) < lz.a,
+            LazyOp::Sub => lz.a < lz.b,
+            LazyOp::Logic => false,
+            LazyOp::Inc | LazyOp::Dec => lz.b != 0,
+        }
+    }
+
+    /// Evaluates a condition against the flags recorded in `lz` without writing them where
+    /// the operation allows it; otherwise settles them first.
+    #[inline(always)]
+    fn cond_lazy(&mut self, lz: &mut Lazy, cc: ConditionCode) -> bool {
+        use ConditionCode as C;
+        let bits = u32::from(lz.bits);
+        match lz.op {
+            LazyOp::None => return self.cond_fast(cc),
+            LazyOp::Sub => {
+                let (a, b) = (lz.a, lz.b);
+                let (sa, sb) = (
+                    alu::sign_extend(a, bits) as i64,
+                    alu::sign_extend(b, bits) as i64,
+                );
+                match cc {
+                    C::e => return a == b,
+                    C::ne => return a != b,
+                    C::b => return a < b,
+                    C::ae => return a >= b,
+                    C::be => return a <= b,
+                    C::a => return a > b,
+                    C::l => return sa < sb,
+                    C::ge => return sa >= sb,
+                    C::le => return sa <= sb,
+                    C::g => return sa > sb,
+                    _ => {}
+                }
+            }
+            LazyOp::Logic => {
+                let zf = lz.a == 0;
+                let sf = lz.a & alu::sign_bit(bits) != 0;
+                match cc {
+                    C::e | C::be => return zf,
+                    C::ne | C::a => return !zf,
+                    C::s | C::l => return sf,
+                    C::ns | C::ge => return !sf,
+                    C::le => return zf || sf,
+                    C::g => return !zf && !sf,
+                    C::b | C::o => return false,
+                    C::ae | C::no => return true,
+                    _ => {}
+                }
+            }
+            LazyOp::Add | LazyOp::Inc | LazyOp::Dec => {
+                let r = match lz.op {
+                    LazyOp::Add => lz.a.wrapping_add(lz.b),
+                    LazyOp::Inc => lz.a.wrapping_add(1),
+                    _ => lz.a.wrapping_sub(1),
+                } & alu::mask(bits);
+                match cc {
+                    C::e => return r == 0,
+                    C::ne => return r != 0,
+                    C::s => return r & alu::sign_bit(bits) != 0,
+                    C::ns => return r & alu::sign_bit(bits) == 0,
+                    _ => {}
+                }
+            }
+        }
+        self.settle(lz);
+        self.cond_fast(cc)
     }
 
     #[inline]
@@ -927,27 +1169,27 @@ impl Cpu {
     }
 
     /// Executes a pre-decoded fast form; `next` is the address of the following instruction.
-    #[inline]
-    fn exec_fast(&mut self, f: Fast, next: u64, bus: &mut dyn Bus) -> R<()> {
+    #[inline(always)]
+    fn exec_fast(&mut self, f: Fast, next: u64, lz: &mut Lazy, bus: &mut dyn Bus) -> R<()> {
         let mut rip = next;
         match f {
             Fast::Generic => unreachable!("generic instructions run through execute"),
             Fast::AluRR { op, dst, src } => {
                 let (a, b) = (self.gpr_get(dst), self.gpr_get(src));
-                if let Some(r) = self.alu_fast(op, dst.bits(), a, b) {
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
                     self.gpr_set(dst, r);
                 }
             }
             Fast::AluRI { op, dst, imm } => {
                 let a = self.gpr_get(dst);
-                if let Some(r) = self.alu_fast(op, dst.bits(), a, imm) {
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, imm) {
                     self.gpr_set(dst, r);
                 }
             }
             Fast::AluRM { op, dst, m } => {
                 let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 let a = self.gpr_get(dst);
-                if let Some(r) = self.alu_fast(op, dst.bits(), a, b) {
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
                     self.gpr_set(dst, r);
                 }
             }
@@ -955,24 +1197,12 @@ impl Cpu {
                 let ea = self.ea_fast(m);
                 let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
                 let b = self.gpr_get(src);
-                let flags = self.state.rflags;
-                if let Some(r) = self.alu_fast(op, u32::from(m.size) * 8, a, b) {
-                    if let Err(e) = self.write_val(m.seg as usize, ea, m.size as usize, r, bus) {
-                        self.state.rflags = flags;
-                        return Err(e);
-                    }
-                }
+                self.alu_mem(lz, op, m, ea, a, b, bus)?;
             }
             Fast::AluMI { op, m, imm } => {
                 let ea = self.ea_fast(m);
                 let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
-                let flags = self.state.rflags;
-                if let Some(r) = self.alu_fast(op, u32::from(m.size) * 8, a, imm) {
-                    if let Err(e) = self.write_val(m.seg as usize, ea, m.size as usize, r, bus) {
-                        self.state.rflags = flags;
-                        return Err(e);
-                    }
-                }
+                self.alu_mem(lz, op, m, ea, a, imm, bus)?;
             }
             Fast::Load { dst, m, sign } => {
                 let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
@@ -1003,14 +1233,17 @@ impl Cpu {
                 self.gpr_set(dst, v);
             }
             Fast::IncDec { inc, r } => {
+                let bits = r.bits();
                 let a = self.gpr_get(r);
-                let (v, fl) = if inc {
-                    alu::inc(r.bits(), a, self.state.rflags)
+                // CF stays as the previous operation left it.
+                let cf = self.lazy_cf(lz);
+                let (v, op) = if inc {
+                    (a.wrapping_add(1), LazyOp::Inc)
                 } else {
-                    alu::dec(r.bits(), a, self.state.rflags)
+                    (a.wrapping_sub(1), LazyOp::Dec)
                 };
-                self.gpr_set(r, v);
-                self.set_flags(STATUS, fl);
+                *lz = Lazy::new(op, bits, a, u64::from(cf));
+                self.gpr_set(r, v & alu::mask(bits));
             }
             Fast::MovRR { dst, src } => {
                 let v = self.gpr_get(src);
@@ -1018,14 +1251,94 @@ impl Cpu {
             }
             Fast::MovRI { dst, imm } => self.gpr_set(dst, imm),
             Fast::Jcc { cc, target } => {
-                if self.cond_fast(cc) {
+                if self.cond_lazy(lz, cc) {
                     rip = target;
                 }
             }
             Fast::Jmp { target } => rip = target,
+            Fast::CmovRR { cc, dst, src } => {
+                let v = self.gpr_get(src);
+                self.cmov(lz, cc, dst, v);
+            }
+            Fast::CmovRM { cc, dst, m } => {
+                let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                self.cmov(lz, cc, dst, v);
+            }
+            Fast::ShiftRI { op, r, count } => self.shift_fast(lz, op, r, count),
+            Fast::ShiftRCl { op, r } => {
+                let count = self.state.gpr[1] as u8;
+                self.shift_fast(lz, op, r, count);
+            }
+            Fast::ImulRR { dst, src } => {
+                let b = self.gpr_get(src);
+                self.imul_fast(lz, dst, b);
+            }
+            Fast::ImulRM { dst, m } => {
+                let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                self.imul_fast(lz, dst, b);
+            }
         }
         self.state.rip = rip;
         Ok(())
+    }
+
+    /// A read-modify-write ALU operation on memory: the flags are recorded only once the
+    /// write succeeded (a faulting instruction leaves them unchanged).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn alu_mem(
+        &mut self,
+        lz: &mut Lazy,
+        op: AluOp,
+        m: MemOp,
+        ea: u64,
+        a: u64,
+        b: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let saved = *lz;
+        let flags = self.state.rflags;
+        if let Some(r) = self.alu_fast(lz, op, u32::from(m.size) * 8, a, b) {
+            if let Err(e) = self.write_val(m.seg as usize, ea, m.size as usize, r, bus) {
+                *lz = saved;
+                self.state.rflags = flags;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// CMOVcc: a 32-bit destination is zero-extended whether or not the condition holds.
+    #[inline(always)]
+    fn cmov(&mut self, lz: &mut Lazy, cc: ConditionCode, dst: Gpr, v: u64) {
+        if self.cond_lazy(lz, cc) {
+            self.gpr_set(dst, v);
+        } else if dst.size == 4 {
+            let cur = self.gpr_get(dst);
+            self.gpr_set(dst, cur);
+        }
+    }
+
+    /// A shift or rotate of a register (as the generic path: the result is written even for
+    /// a zero count, which leaves the flags).
+    #[inline(always)]
+    fn shift_fast(&mut self, lz: &mut Lazy, op: Shift, r: Gpr, count: u8) {
+        self.settle(lz);
+        let a = self.gpr_get(r);
+        let (v, f) = alu::shift(op, r.bits(), a, count, self.state.rflags);
+        self.gpr_set(r, v);
+        self.set_flags(STATUS, f);
+    }
+
+    /// Two-operand IMUL into a register.
+    #[inline(always)]
+    fn imul_fast(&mut self, lz: &mut Lazy, dst: Gpr, b: u64) {
+        self.settle(lz);
+        let size = dst.bits();
+        let a = self.gpr_get(dst);
+        let (lo, _, f) = alu::imul(size, a, b & alu::mask(size), self.state.rflags);
+        self.gpr_set(dst, lo);
+        self.set_flags(STATUS, f);
     }
 
     #[inline]
@@ -1076,4 +1389,52 @@ enum BlockExit {
     Check,
     Halted,
     TripleFault,
+}
+
+/// The operation whose status flags are pending in a [`Lazy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LazyOp {
+    /// Nothing pending: RFLAGS holds the flags.
+    None,
+    /// ADD of `a` and `b`.
+    Add,
+    /// SUB or CMP of `b` from `a`.
+    Sub,
+    /// AND/OR/XOR/TEST with result `a`.
+    Logic,
+    /// INC of `a`; `b` is the CF it keeps (0 or 1).
+    Inc,
+    /// DEC of `a`; `b` is the CF it keeps (0 or 1).
+    Dec,
+}
+
+/// Status flags of the last ALU fast form, kept as its operands until something reads them.
+/// Lives only inside [`Cpu::run_block`], which writes them to RFLAGS before any other
+/// instruction runs, before a fault is delivered and before it returns, so RFLAGS is exact
+/// whenever anything else looks at it. Operands are masked to the operation's width.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lazy {
+    op: LazyOp,
+    bits: u8,
+    a: u64,
+    b: u64,
+}
+
+impl Lazy {
+    const NONE: Self = Self {
+        op: LazyOp::None,
+        bits: 64,
+        a: 0,
+        b: 0,
+    };
+
+    #[inline(always)]
+    fn new(op: LazyOp, bits: u32, a: u64, b: u64) -> Self {
+        Self {
+            op,
+            bits: bits as u8,
+            a,
+            b,
+        }
+    }
 }

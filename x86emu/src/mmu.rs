@@ -2,7 +2,7 @@
 //! (2-level, PAE, 4-level) with accessed/dirty updates and page-fault error codes.
 
 use crate::cpu::{Bus, Cpu, Fault, RamRegion, R};
-use crate::state::{cr, efer, seg};
+use crate::state::{cr, efer, flags, seg};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// What an access is for (selects the permission checks and the #PF error code).
@@ -44,7 +44,7 @@ fn read_u32(bus: &mut dyn Bus, addr: u64) -> u64 {
 }
 
 /// The directly accessible RAM holding the `len` bytes at `phys` (writable RAM for `write`).
-#[inline]
+#[inline(always)]
 pub(crate) fn ram_slice<'b>(
     regions: &'b [RamRegion<'b>],
     phys: u64,
@@ -65,19 +65,53 @@ pub(crate) fn ram_slice<'b>(
 }
 
 /// Little-endian value of up to 8 bytes of RAM.
-#[inline]
+#[inline(always)]
 pub(crate) fn load(m: &[AtomicU8]) -> u64 {
+    match m.len() {
+        1 => u64::from(m[0].load(Ordering::Relaxed)),
+        2 => load_n::<2>(m),
+        4 => load_n::<4>(m),
+        8 => load_n::<8>(m),
+        _ => {
+            let mut v = 0u64;
+            for (k, b) in m.iter().enumerate().take(8) {
+                v |= u64::from(b.load(Ordering::Relaxed)) << (8 * k);
+            }
+            v
+        }
+    }
+}
+
+/// `load` for a length known at compile time (the loop unrolled).
+#[inline(always)]
+fn load_n<const N: usize>(m: &[AtomicU8]) -> u64 {
     let mut v = 0u64;
-    for (k, b) in m.iter().enumerate().take(8) {
+    for (k, b) in m[..N].iter().enumerate() {
         v |= u64::from(b.load(Ordering::Relaxed)) << (8 * k);
     }
     v
 }
 
 /// Stores the low `m.len()` bytes (up to 8) of `v`, little-endian.
-#[inline]
-fn store(m: &[AtomicU8], v: u64) {
-    for (k, b) in m.iter().enumerate().take(8) {
+#[inline(always)]
+pub(crate) fn store(m: &[AtomicU8], v: u64) {
+    match m.len() {
+        1 => m[0].store(v as u8, Ordering::Relaxed),
+        2 => store_n::<2>(m, v),
+        4 => store_n::<4>(m, v),
+        8 => store_n::<8>(m, v),
+        _ => {
+            for (k, b) in m.iter().enumerate().take(8) {
+                b.store((v >> (8 * k)) as u8, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `store` for a length known at compile time (the loop unrolled).
+#[inline(always)]
+fn store_n<const N: usize>(m: &[AtomicU8], v: u64) {
+    for (k, b) in m[..N].iter().enumerate() {
         b.store((v >> (8 * k)) as u8, Ordering::Relaxed);
     }
 }
@@ -318,7 +352,7 @@ impl Cpu {
     }
 
     /// Writes a value of up to 8 bytes to physical memory (within one page).
-    #[inline]
+    #[inline(always)]
     fn phys_write_val(&self, phys: u64, size: usize, v: u64, bus: &mut dyn Bus) {
         if let Some(t) = &self.code {
             if let Some(m) = ram_slice(bus.ram(), phys, size, true) {
@@ -369,8 +403,78 @@ impl Cpu {
         self.write_linear(lin, buf, bus)
     }
 
+    /// The physical address of a `size`-byte data access at `offset` in segment `segi` when
+    /// no check can fail and the translation is at hand: 64-bit code (FS/GS add their base),
+    /// or a flat expand-up data segment (base 0, limit 4 GiB) in protected mode; the access
+    /// within one page; paging off, or a TLB entry that permits the access. `None` sends the
+    /// access to the full path (`linear`, `translate`), which raises the faults.
+    #[inline(always)]
+    pub(crate) fn fast_phys(
+        &self,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        write: bool,
+    ) -> Option<u64> {
+        let s = &self.state;
+        let sg = &s.seg[segi];
+        let lin = if s.efer & efer::LMA != 0 && s.seg[seg::CS].l {
+            let lin = if segi >= seg::FS {
+                sg.base.wrapping_add(offset)
+            } else {
+                offset
+            };
+            // Within one page the last byte is canonical when the first is.
+            if !canonical(lin) {
+                return None;
+            }
+            lin
+        } else {
+            let flat = s.cr0 & cr::PE != 0
+                && s.rflags & flags::VM == 0
+                && sg.base == 0
+                && sg.limit == u32::MAX
+                && sg.present
+                && !sg.unusable
+                && sg.type_ & 0xc == 0
+                && (!write || sg.type_ & 2 != 0)
+                && offset <= 0x1_0000_0000 - size as u64;
+            if !flat {
+                return None;
+            }
+            offset
+        };
+        if (lin & 0xfff) as usize + size > 0x1000 {
+            return None;
+        }
+        if s.cr0 & cr::PG == 0 {
+            return Some(lin & 0xffff_ffff);
+        }
+        let e = self.tlb.lookup(lin)?;
+        let user = s.cpl() == 3;
+        let ok = (!user || e.user) && (!write || (e.write && (e.user_write || !user)));
+        ok.then_some(e.phys | (lin & 0xfff))
+    }
+
     /// Reads a little-endian value of `size` bytes through a segment.
+    #[inline(always)]
     pub(crate) fn read_val(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        bus: &mut dyn Bus,
+    ) -> R<u64> {
+        if let Some(phys) = self.fast_phys(segi, offset, size, false) {
+            if let Some(m) = ram_slice(bus.ram(), phys, size, false) {
+                return Ok(load(m));
+            }
+        }
+        self.read_val_full(segi, offset, size, bus)
+    }
+
+    #[inline(never)]
+    fn read_val_full(
         &mut self,
         segi: usize,
         offset: u64,
@@ -394,7 +498,24 @@ impl Cpu {
     }
 
     /// Writes a little-endian value of `size` bytes through a segment.
+    #[inline(always)]
     pub(crate) fn write_val(
+        &mut self,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        v: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        if let Some(phys) = self.fast_phys(segi, offset, size, true) {
+            self.phys_write_val(phys, size, v, bus);
+            return Ok(());
+        }
+        self.write_val_full(segi, offset, size, v, bus)
+    }
+
+    #[inline(never)]
+    fn write_val_full(
         &mut self,
         segi: usize,
         offset: u64,
@@ -452,6 +573,7 @@ pub(crate) fn phys_read(phys: u64, buf: &mut [u8], bus: &mut dyn Bus) {
 }
 
 /// True when the top 17 bits of a 48-bit address agree.
+#[inline]
 pub fn canonical(a: u64) -> bool {
     let top = (a as i64) >> 47;
     top == 0 || top == -1

@@ -67,7 +67,8 @@ fn drop_file(h: &mut Harness<'_, TerrariumApp>, path: &Path) {
     h.run_steps(2);
 }
 
-/// Runs frames until `done` holds for the app or `limit` passes.
+/// Runs frames until `done` holds for the app or `limit` passes. Once it holds, a few more
+/// frames let windows opened meanwhile (a console started in the first frame) draw.
 fn run_until(
     h: &mut Harness<'_, TerrariumApp>,
     limit: Duration,
@@ -77,6 +78,7 @@ fn run_until(
     while Instant::now() < end {
         h.step();
         if done(h.state()) {
+            h.run_steps(3);
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -18,36 +18,6 @@ use crate::regs::{
     PendingInterruption, RegisterList, RegisterName, RegisterValue,
 };
 
-/// General registers in x86emu's order (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15).
-const GPR_NAMES: [RegisterName; 16] = [
-    RegisterName::RAX,
-    RegisterName::RCX,
-    RegisterName::RDX,
-    RegisterName::RBX,
-    RegisterName::RSP,
-    RegisterName::RBP,
-    RegisterName::RSI,
-    RegisterName::RDI,
-    RegisterName::R8,
-    RegisterName::R9,
-    RegisterName::R10,
-    RegisterName::R11,
-    RegisterName::R12,
-    RegisterName::R13,
-    RegisterName::R14,
-    RegisterName::R15,
-];
-
-/// Segment registers in x86emu's order (ES, CS, SS, DS, FS, GS).
-const SEG_NAMES: [RegisterName; 6] = [
-    RegisterName::ES,
-    RegisterName::CS,
-    RegisterName::SS,
-    RegisterName::DS,
-    RegisterName::FS,
-    RegisterName::GS,
-];
-
 /// Registers read before emulating an instruction.
 pub const EMULATION_REGISTERS: [RegisterName; 34] = [
     RegisterName::RAX,
@@ -85,6 +55,14 @@ pub const EMULATION_REGISTERS: [RegisterName; 34] = [
     RegisterName::EFER,
     RegisterName::INTERRUPT_STATE,
 ];
+
+/// General registers in x86emu's order (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15): the
+/// first sixteen of [`EMULATION_REGISTERS`].
+const GPR_NAMES: &[RegisterName] = EMULATION_REGISTERS.split_at(16).0;
+
+/// Segment registers in x86emu's order (ES, CS, SS, DS, FS, GS), after RIP and RFLAGS in
+/// [`EMULATION_REGISTERS`].
+const SEG_NAMES: &[RegisterName] = EMULATION_REGISTERS.split_at(18).1.split_at(6).0;
 
 /// What finishing an exit changes in the processor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

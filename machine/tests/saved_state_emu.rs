@@ -48,6 +48,16 @@ fn consecutive(text: &str) -> Vec<u32> {
     values
 }
 
+/// Drains serial output that arrived while the machine was pausing.
+fn drain(events: &std::sync::mpsc::Receiver<MachineEvent>, out: &mut String) {
+    std::thread::sleep(Duration::from_millis(50));
+    while let Ok(e) = events.try_recv() {
+        if let MachineEvent::Serial(b) = e {
+            out.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+}
+
 #[test]
 fn a_restored_machine_continues_the_count_from_its_saved_state() {
     let dir = common::scratch("saved-state-counter");
@@ -63,12 +73,7 @@ fn a_restored_machine_continues_the_count_from_its_saved_state() {
     serial_lines(&events, &mut before, 4);
     eprintln!("4 lines in {:?}: {before:?}", t.elapsed());
     a.pause();
-    std::thread::sleep(Duration::from_millis(50));
-    while let Ok(e) = events.try_recv() {
-        if let MachineEvent::Serial(b) = e {
-            before.push_str(&String::from_utf8_lossy(&b));
-        }
-    }
+    drain(&events, &mut before);
     a.save_state(&saved).unwrap();
     // The saved machine can go on: it is paused, not consumed.
     a.resume();
@@ -97,16 +102,6 @@ fn a_restored_machine_continues_the_count_from_its_saved_state() {
                 .as_str(),
         );
         assert!(values.len() >= 6, "round {round}: {whole:?}");
-    }
-}
-
-/// Drains serial output that arrived while the machine was pausing.
-fn drain(events: &std::sync::mpsc::Receiver<MachineEvent>, out: &mut String) {
-    std::thread::sleep(Duration::from_millis(50));
-    while let Ok(e) = events.try_recv() {
-        if let MachineEvent::Serial(b) = e {
-            out.push_str(&String::from_utf8_lossy(&b));
-        }
     }
 }
 

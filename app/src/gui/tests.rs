@@ -499,15 +499,21 @@ fn save_state_and_close_then_start_resumes_where_it_was() {
     h.step();
 }
 
-#[test]
-fn undo_disks_ask_at_power_off_and_discard_leaves_the_disk_alone() {
-    let dir = scratch("undo");
-    let base = dir.join("disk.vhd");
+/// An empty 8 MiB dynamic VHD in `dir`.
+fn vhd_disk(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.vhd");
     disk::create(
-        &base,
+        &path,
         &disk::CreateOptions::new(disk::Format::VhdDynamic, 8 << 20),
     )
     .unwrap();
+    path
+}
+
+#[test]
+fn undo_disks_ask_at_power_off_and_discard_leaves_the_disk_alone() {
+    let dir = scratch("undo");
+    let base = vhd_disk(&dir);
     let before = std::fs::read(&base).unwrap();
     let mut app = app_in(&dir);
     let vm = make_vm(&mut app, "Undoable", |c| {
@@ -557,12 +563,7 @@ fn count_in_snapshot(vm: &Path, id: u32) -> u32 {
 #[test]
 fn a_live_snapshot_reverts_the_disk_and_the_running_count_also_after_a_restart() {
     let dir = scratch("snapshot-live");
-    let base = dir.join("disk.vhd");
-    disk::create(
-        &base,
-        &disk::CreateOptions::new(disk::Format::VhdDynamic, 8 << 20),
-    )
-    .unwrap();
+    let base = vhd_disk(&dir);
     let (mut h, vm, firmware) = counting_vm(
         &dir,
         conformance::firmware::disk_counter(),

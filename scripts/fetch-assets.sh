@@ -97,7 +97,8 @@ ensure_tool() {
 #           PATTERN_BYTES of "TERRARIUM-PATTERN\n" repeated at 1 MiB, drops the caches, reads it
 #           back: "DISK-WROTE <h:c:t:l> <md5>" (the disk's SCSI address: IDE channel = host,
 #           master/slave = target); the floppy fd0: "FLOPPY-READ fd0 <md5 of the disk>"
-#   cdrom   mounts the CD (sr0): "CDROM-FILES <names under /boot>"
+#   cdrom   "PCI-DEVICES <the PCI functions Linux registered>", then mounts the CD (sr0):
+#           "CDROM-FILES <names under /boot>"
 #   readbench  reads all of sda sequentially between "READBENCH-START" and "READBENCH-END"
 #   desktop loads bochs-drm (framebuffer console on the standard VGA) and psmouse, prints
 #           "MOUSE-READY" and then the first two packets read from /dev/input/mice as
@@ -179,6 +180,7 @@ desktop)
     exec sh </dev/tty0 >/dev/tty0 2>&1
     ;;
 cdrom)
+    say "PCI-DEVICES \$(ls /sys/bus/pci/devices | tr '\n' ' ')"
     load_modules
     wait_for /dev/sr0
     mount -t iso9660 -o ro /dev/sr0 /mnt && say "CDROM-FILES \$(ls /mnt/boot | tr '\n' ' ')"

@@ -7,6 +7,13 @@
 //!
 //! The PM I/O block decodes at [`PM_BASE`]; SeaBIOS programs exactly that base into PMBA, and
 //! other values are stored but do not move the block.
+//!
+//! The function also answers the ports that SeaBIOS's ACPI tables name beside the fixed
+//! hardware: the GPE0 block at [`GPE0_BASE`] and the PCI and CPU hotplug registers at
+//! [`PCI_HOTPLUG_BASE`] and [`CPU_HOTPLUG_BASE`]. Nothing is hot-pluggable here, so no general
+//! purpose event ever becomes pending and the hotplug registers read 0. Left unclaimed, those
+//! ports would read all-ones: the OS would see every GPE pending and run the DSDT's PCI hotplug
+//! handler, which then reports every slot as removed and makes the OS eject its PCI devices.
 
 use crate::pci::ConfigSpace;
 use crate::saved_state::{ensure, RestoreError, SaveRestore, SavedState};
@@ -18,8 +25,20 @@ use std::sync::Arc;
 pub const PM_BASE: u16 = 0xb000;
 /// APM control/status ports.
 pub const APM_CONTROL: u16 = 0xb2;
+/// GPE0 block: status (2 bytes, write one to clear) then enable (2 bytes).
+pub const GPE0_BASE: u16 = 0xafe0;
+/// PCI hotplug registers (slots up, slots down, eject, removable, bus select).
+pub const PCI_HOTPLUG_BASE: u16 = 0xae00;
+/// CPU hotplug register (bitmap of processors present).
+pub const CPU_HOTPLUG_BASE: u16 = 0xaf00;
 /// Port ranges the function decodes.
-pub const PIIX4_PM_PORT_RANGES: [(u16, u16); 2] = [(PM_BASE, 0x40), (APM_CONTROL, 2)];
+pub const PIIX4_PM_PORT_RANGES: [(u16, u16); 5] = [
+    (PM_BASE, 0x40),
+    (APM_CONTROL, 2),
+    (GPE0_BASE, 4),
+    (PCI_HOTPLUG_BASE, 0x14),
+    (CPU_HOTPLUG_BASE, 0x20),
+];
 /// SCI interrupt line.
 pub const SCI_IRQ: u32 = 9;
 /// The value an OS writes to the APM control port to enter ACPI mode.
@@ -44,6 +63,8 @@ pub struct Piix4Pm {
     pm1_en: u16,
     pm1_cnt: u16,
     apm_status: u8,
+    /// GPE0 enable bits (no GPE has a source, so the status half always reads 0).
+    gpe0_en: u16,
     sci_level: bool,
     /// Added to the clock's time for the PM timer. Zero until a restore, which sets it so that
     /// the timer goes on from the value (and phase) it had when the state was saved.
@@ -80,6 +101,7 @@ impl Piix4Pm {
             pm1_en: 0,
             pm1_cnt: 0,
             apm_status: 0,
+            gpe0_en: 0,
             sci_level: false,
             timer_offset_ns: 0,
         }
@@ -117,6 +139,9 @@ impl Piix4Pm {
         match port {
             APM_CONTROL => 0,
             p if p == APM_CONTROL + 1 => self.apm_status,
+            p if p == GPE0_BASE + 2 => self.gpe0_en as u8,
+            p if p == GPE0_BASE + 3 => (self.gpe0_en >> 8) as u8,
+            p if !(PM_BASE..PM_BASE + 0x40).contains(&p) => 0,
             p => {
                 let off = p.wrapping_sub(PM_BASE);
                 let reg: u32 = match off & !3 {
@@ -202,12 +227,14 @@ mod save {
     use crate::pci::ConfigSpaceState;
     use serde::{Deserialize, Serialize};
 
-    /// Version of [`Piix4PmStateV1`].
-    pub const VERSION: u32 = 1;
+    /// Version of [`Piix4PmStateV2`], the one written.
+    pub const VERSION: u32 = 2;
+    /// Version of [`Piix4PmStateV1`], still read.
+    pub const VERSION_V1: u32 = 1;
 
-    /// The PM function's saved state, version 1.
+    /// The PM function's saved state, version 2.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Piix4PmStateV1 {
+    pub struct Piix4PmStateV2 {
         /// PCI configuration space.
         pub config: ConfigSpaceState,
         /// PM1 status.
@@ -221,6 +248,39 @@ mod save {
         /// The PM timer's time at the save, in nanoseconds modulo
         /// [`super::TIMER_CYCLE_NS`]: its count and the phase of its 3.58 MHz clock.
         pub timer_ns: u64,
+        /// GPE0 enable register.
+        pub gpe0_en: u16,
+    }
+
+    /// Version 1: version 2 without the GPE0 block (restored with GPE0 enables clear).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Piix4PmStateV1 {
+        /// PCI configuration space.
+        pub config: ConfigSpaceState,
+        /// PM1 status.
+        pub pm1_sts: u16,
+        /// PM1 enable.
+        pub pm1_en: u16,
+        /// PM1 control.
+        pub pm1_cnt: u16,
+        /// APM status port 0xB3.
+        pub apm_status: u8,
+        /// PM timer time, as in version 2.
+        pub timer_ns: u64,
+    }
+
+    impl From<Piix4PmStateV1> for Piix4PmStateV2 {
+        fn from(s: Piix4PmStateV1) -> Self {
+            Self {
+                config: s.config,
+                pm1_sts: s.pm1_sts,
+                pm1_en: s.pm1_en,
+                pm1_cnt: s.pm1_cnt,
+                apm_status: s.apm_status,
+                timer_ns: s.timer_ns,
+                gpe0_en: 0,
+            }
+        }
     }
 }
 
@@ -230,21 +290,27 @@ const TIMER_CYCLE_NS: u64 = 1_000_000_000 << 24;
 
 impl SaveRestore for Piix4Pm {
     fn save(&mut self) -> SavedState {
-        let state = save::Piix4PmStateV1 {
+        let state = save::Piix4PmStateV2 {
             config: self.config.saved(),
             pm1_sts: self.pm1_sts,
             pm1_en: self.pm1_en,
             pm1_cnt: self.pm1_cnt,
             apm_status: self.apm_status,
             timer_ns: self.timer_ns() % TIMER_CYCLE_NS,
+            gpe0_en: self.gpe0_en,
         };
         crate::saved_state::encode(self.name(), save::VERSION, &state)
     }
 
     /// Restores configuration space, PM registers and timer, and drives SCI to match them.
+    /// Reads versions 1 and 2.
     fn restore(&mut self, state: &SavedState) -> Result<(), RestoreError> {
         let dev = "piix4-pm";
-        let s: save::Piix4PmStateV1 = crate::saved_state::decode(state, dev, save::VERSION)?;
+        let s: save::Piix4PmStateV2 = if state.device == dev && state.version == save::VERSION_V1 {
+            crate::saved_state::decode::<save::Piix4PmStateV1>(state, dev, save::VERSION_V1)?.into()
+        } else {
+            crate::saved_state::decode(state, dev, save::VERSION)?
+        };
         let mut config = self.config.clone();
         config.restore_saved(&s.config, dev)?;
         ensure(
@@ -264,6 +330,7 @@ impl SaveRestore for Piix4Pm {
         self.pm1_en = s.pm1_en;
         self.pm1_cnt = s.pm1_cnt;
         self.apm_status = s.apm_status;
+        self.gpe0_en = s.gpe0_en;
         self.update_sci();
         self.sci.set_level(self.sci_level);
         Ok(())
@@ -292,7 +359,17 @@ impl PortIo for Piix4Pm {
             },
             p if p == APM_CONTROL + 1 => self.apm_status = data.first().copied().unwrap_or(0),
             p if (PM_BASE..PM_BASE + 0x40).contains(&p) => self.write_pm(p - PM_BASE, data),
-            _ => {}
+            p if (GPE0_BASE..GPE0_BASE + 4).contains(&p) => {
+                // Status bytes clear nothing (none is ever set); enable bytes are stored.
+                for (k, b) in data.iter().enumerate() {
+                    match p.wrapping_add(k as u16).wrapping_sub(GPE0_BASE) {
+                        2 => self.gpe0_en = (self.gpe0_en & 0xff00) | u16::from(*b),
+                        3 => self.gpe0_en = (self.gpe0_en & 0x00ff) | (u16::from(*b) << 8),
+                        _ => {}
+                    }
+                }
+            }
+            p => tracing::debug!(port = p, ?data, "hotplug register write ignored"),
         }
     }
 }
@@ -381,6 +458,55 @@ mod tests {
     }
 
     #[test]
+    fn no_gpe_is_ever_pending_and_hotplug_registers_read_zero() {
+        let (mut d, _, _, sink) = pm();
+        d.io_write(APM_CONTROL, &[ACPI_ENABLE]);
+        // Enable every GPE, as an OS does for those the DSDT has handlers for.
+        d.io_write(GPE0_BASE + 2, &[0xff]);
+        d.io_write(GPE0_BASE + 3, &[0xff]);
+        let mut gpe = [0u8; 4];
+        d.io_read(GPE0_BASE, &mut gpe);
+        assert_eq!(gpe, [0, 0, 0xff, 0xff], "status clear, enables read back");
+        d.io_write(GPE0_BASE, &[0xff, 0xff, 0x02, 0x00]);
+        d.io_read(GPE0_BASE, &mut gpe);
+        assert_eq!(gpe, [0, 0, 0x02, 0x00]);
+        assert!(!sink.level(SCI_IRQ));
+        // Slots up / down / removable, and the CPU present bitmap: nothing to report.
+        for (base, len) in [(PCI_HOTPLUG_BASE, 0x14), (CPU_HOTPLUG_BASE, 0x20)] {
+            d.io_write(base + 8, &u32::MAX.to_le_bytes());
+            for off in (0..len).step_by(4) {
+                let mut b = [0xa5u8; 4];
+                d.io_read(base + off, &mut b);
+                assert_eq!(b, [0; 4], "port {:#x}", base + off);
+            }
+        }
+    }
+
+    #[test]
+    fn restores_a_version_1_state_with_gpe0_disabled() {
+        let (mut a, _, _) = programmed();
+        let v2: save::Piix4PmStateV2 =
+            crate::saved_state::decode(&a.save(), "piix4-pm", save::VERSION).unwrap();
+        let v1 = save::Piix4PmStateV1 {
+            config: v2.config.clone(),
+            pm1_sts: v2.pm1_sts,
+            pm1_en: v2.pm1_en,
+            pm1_cnt: v2.pm1_cnt,
+            apm_status: v2.apm_status,
+            timer_ns: v2.timer_ns,
+        };
+        let old = crate::saved_state::encode("piix4-pm", save::VERSION_V1, &v1);
+        let (mut b, _, sink) = pm_at(5);
+        b.restore(&old).unwrap();
+        assert!(sink.level(SCI_IRQ), "power button still pending");
+        a.io_write(GPE0_BASE + 2, &[0, 0]);
+        let (ra, rb) = (reads(&mut a), reads(&mut b));
+        // Timers differ (different clocks); everything else matches.
+        assert_eq!(ra[..8], rb[..8]);
+        assert_eq!(ra[12..], rb[12..]);
+    }
+
+    #[test]
     fn pci_identity_and_pm_base_register() {
         let (mut d, _, _, _) = pm();
         let mut b = [0u8; 4];
@@ -397,14 +523,16 @@ mod tests {
         (d, clock, sink)
     }
 
-    /// Every register as the guest reads it: PM block, APM ports, configuration space.
+    /// Every register as the guest reads it: PM block, APM ports, GPE0, configuration space.
     fn reads(d: &mut Piix4Pm) -> Vec<u8> {
-        let mut v = vec![0u8; 0x40 + 2 + 256];
+        let mut v = vec![0u8; 0x40 + 2 + 4 + 256];
         let (pm, rest) = v.split_at_mut(0x40);
-        let (apm, config) = rest.split_at_mut(2);
+        let (apm, rest) = rest.split_at_mut(2);
+        let (gpe, config) = rest.split_at_mut(4);
         d.io_read(PM_BASE, pm);
         d.io_read(APM_CONTROL, &mut apm[..1]);
         d.io_read(APM_CONTROL + 1, &mut apm[1..]);
+        d.io_read(GPE0_BASE, gpe);
         for (i, chunk) in config.chunks_mut(4).enumerate() {
             d.config_read((i * 4) as u8, chunk);
         }
@@ -420,6 +548,7 @@ mod tests {
         d.io_write(APM_CONTROL + 1, &[0x5A]);
         d.io_write(PM_BASE + 2, &(PWRBTN_STS | TMR_STS).to_le_bytes());
         d.io_write(PM_BASE + 4, &(SCI_EN | (5 << 10)).to_le_bytes());
+        d.io_write(GPE0_BASE + 2, &0x0f0eu16.to_le_bytes());
         d.press_power_button();
         (d, clock, sink)
     }
@@ -457,18 +586,18 @@ mod tests {
         let (mut b, _, _) = pm_at(5);
         b.io_write(APM_CONTROL + 1, &[0x11]);
         check_refusals(&mut b, &saved);
-        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| s.pm1_cnt |= SLP_EN);
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV2| s.pm1_cnt |= SLP_EN);
         check_corrupt(&mut b, &bad);
-        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV2| {
             s.timer_ns = TIMER_CYCLE_NS
         });
         check_corrupt(&mut b, &bad);
         // Another function's configuration space.
-        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV2| {
             s.config = crate::i440fx::I440fx::new().config().saved()
         });
         check_corrupt(&mut b, &bad);
-        let bad = edited(&saved, |s: &mut save::Piix4PmStateV1| {
+        let bad = edited(&saved, |s: &mut save::Piix4PmStateV2| {
             s.config.data.truncate(64)
         });
         check_corrupt(&mut b, &bad);

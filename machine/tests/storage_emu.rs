@@ -53,6 +53,15 @@ fn seabios_boots_isolinux_cd_into_linux() {
     };
     let r = run_emu(config, LINUX_LIMIT, |_| false);
     assert!(r.serial.contains("ISOLINUX"), "serial:\n{}", r.serial);
+    // Every PCI function stays registered: with SeaBIOS's ACPI tables, GPE0 and the hotplug
+    // ports must not report events (all-ones reads made Linux eject the devices).
+    assert!(
+        r.serial.contains(
+            "PCI-DEVICES 0000:00:00.0 0000:00:01.0 0000:00:01.1 0000:00:01.3 0000:00:02.0 "
+        ),
+        "serial:\n{}",
+        r.serial
+    );
     // Linux's sr driver found the same CD and read its file system.
     assert!(
         r.serial.contains("CDROM-FILES initrd.gz vmlinuz"),

@@ -5,8 +5,10 @@
 //! delivers pending NMIs, INIT/SIPI and interrupts (LAPIC first, then the PIC through LINT0),
 //! executes instructions in batches, and sleeps on a condition variable while halted until an
 //! interrupt, a kick or the APIC timer wakes it. Guest memory is the partition's slots; every
-//! other physical address goes to [`hv::CpuIo`] as MMIO (the APIC page excepted).
-#![forbid(unsafe_code)]
+//! other physical address goes to [`hv::CpuIo`] as MMIO (the APIC page excepted). The CPU reads
+//! and writes the slots' host memory directly ([`x86emu::Bus::ram`]), as atomics because
+//! devices and other processors access it concurrently.
+#![deny(unsafe_code)]
 
 mod lapic;
 
@@ -19,10 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, O
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress, VolatileMemory};
-use x86emu::{Cpu, Step};
+use x86emu::{Cpu, RamRegion, Step};
 
-/// Instructions executed between looks at interrupts and stop requests.
-const BATCH: u32 = 4096;
+/// Instructions executed between looks at the local APIC (interrupts and stop requests are
+/// also checked within a batch, see [`Cpu::run`]).
+const BATCH: u32 = 8192;
 /// The TSC-deadline MSR of the local APIC timer.
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Physical addresses below this may hold cached decoded code (64 GiB).
@@ -83,6 +86,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// The current memory slots.
+    fn slots(&self) -> Arc<Vec<Slot>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
@@ -312,10 +320,40 @@ pub struct EmuVp {
     part: Arc<Inner>,
 }
 
+/// The host memory of a slot as atomics, for the CPU's direct access.
+#[allow(unsafe_code)]
+fn host_ram(region: &GuestRegionMmap) -> &[AtomicU8] {
+    let len = region.len() as usize;
+    match region.get_host_address(MemoryRegionAddress(0)) {
+        // SAFETY: the mapping is `len` bytes at `ptr`, readable and writable, and stays mapped
+        // while `region` is alive, which the returned borrow guarantees. `AtomicU8` has the
+        // size and alignment of `u8`, and atomics may be accessed concurrently by other
+        // threads (devices, other processors) without data races on this side.
+        Ok(ptr) if len > 0 => unsafe { std::slice::from_raw_parts(ptr as *const AtomicU8, len) },
+        _ => &[],
+    }
+}
+
+/// Direct-access RAM regions of the slots.
+fn ram_regions(slots: &[Slot]) -> Vec<RamRegion<'_>> {
+    slots
+        .iter()
+        .map(|s| RamRegion {
+            start: s.start,
+            bytes: host_ram(&s.region),
+            writable: !s.read_only,
+        })
+        .filter(|r| !r.bytes.is_empty())
+        .collect()
+}
+
 /// The CPU's view of the machine during a batch.
 struct EmuBus<'a> {
     vp: u32,
     slots: Arc<Vec<Slot>>,
+    /// Direct-access RAM (the slots' memory); unused while the APIC page lies inside it.
+    ram: &'a [RamRegion<'a>],
+    ram_usable: bool,
     io: &'a dyn CpuIo,
     shared: &'a VpShared,
     part: &'a Inner,
@@ -324,21 +362,39 @@ struct EmuBus<'a> {
 
 impl<'a> EmuBus<'a> {
     /// A bus for processor `vp` with the current memory slots; `apic_base` is the APIC base MSR.
+    /// `slots` is the partition's current slot list and `ram` its direct-access regions (may
+    /// be empty).
     fn new(
         vp: u32,
         part: &'a Inner,
         shared: &'a VpShared,
         io: &'a dyn CpuIo,
         apic_base: u64,
+        slots: Arc<Vec<Slot>>,
+        ram: &'a [RamRegion<'a>],
     ) -> Self {
-        Self {
+        let mut bus = Self {
             vp,
-            slots: part.slots.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            slots,
+            ram,
+            ram_usable: false,
             io,
             shared,
             part,
-            apic_page: (apic_base & (1 << 11) != 0).then_some(apic_base & 0xf_ffff_f000),
-        }
+            apic_page: None,
+        };
+        bus.set_apic_page((apic_base & (1 << 11) != 0).then_some(apic_base & 0xf_ffff_f000));
+        bus
+    }
+
+    fn set_apic_page(&mut self, page: Option<u64>) {
+        self.apic_page = page;
+        self.ram_usable = page.is_none_or(|p| {
+            !self
+                .ram
+                .iter()
+                .any(|r| p.wrapping_sub(r.start) < r.bytes.len() as u64)
+        });
     }
 
     fn slot(&self, addr: u64) -> Option<&Slot> {
@@ -450,6 +506,14 @@ impl x86emu::Bus for EmuBus<'_> {
         self.part.now_ns()
     }
 
+    fn ram(&self) -> &[RamRegion<'_>] {
+        if self.ram_usable {
+            self.ram
+        } else {
+            &[]
+        }
+    }
+
     fn compare_exchange(&mut self, address: u64, size: usize, current: u64, new: u64) -> bool {
         if let Some(s) = self.slot(address) {
             if !s.read_only && address + size as u64 <= s.end {
@@ -490,7 +554,7 @@ impl x86emu::Bus for EmuBus<'_> {
             return true;
         }
         if index == 0x1b {
-            self.apic_page = (value & (1 << 11) != 0).then_some(value & 0xf_ffff_f000);
+            self.set_apic_page((value & (1 << 11) != 0).then_some(value & 0xf_ffff_f000));
             return true;
         }
         false
@@ -562,6 +626,8 @@ impl EmuVp {
             &self.shared,
             io,
             self.cpu.state.apic_base,
+            self.part.slots(),
+            &[],
         );
         if nmi {
             step = self.cpu.inject_nmi(&mut bus);
@@ -652,25 +718,23 @@ impl VirtualProcessor for EmuVp {
                 }
                 continue;
             }
+            let slots = self.part.slots();
+            let ram = ram_regions(&slots);
             let mut bus = EmuBus::new(
                 self.index,
                 &self.part,
                 &self.shared,
                 io,
                 self.cpu.state.apic_base,
+                slots.clone(),
+                &ram,
             );
-            for _ in 0..BATCH {
-                match self.cpu.step(&mut bus) {
-                    Step::Executed => {
-                        if self.shared.attention.load(Ordering::Relaxed)
-                            || (waiting && self.cpu.interrupts_enabled())
-                        {
-                            break;
-                        }
-                    }
-                    Step::Halted => break,
-                    Step::TripleFault => return Ok(StopReason::TripleFault),
-                }
+            let attention = &self.shared.attention;
+            let mut stop = |cpu: &Cpu| {
+                attention.load(Ordering::Relaxed) || (waiting && cpu.interrupts_enabled())
+            };
+            if self.cpu.run(&mut bus, BATCH, &mut stop) == Step::TripleFault {
+                return Ok(StopReason::TripleFault);
             }
         }
     }

@@ -57,6 +57,7 @@ fn merge(old: u64, which: u64, new: u64) -> u64 {
 }
 
 /// Width mask for a size in bits (sizes other than 8/16/32 give the 64-bit mask).
+#[inline]
 pub fn mask(size: u32) -> u64 {
     match width(size) {
         8 => 0xff,
@@ -67,6 +68,7 @@ pub fn mask(size: u32) -> u64 {
 }
 
 /// Sign bit for a size (the top bit of the width).
+#[inline]
 pub fn sign_bit(size: u32) -> u64 {
     1u64 << (width(size) - 1)
 }
@@ -78,17 +80,22 @@ pub fn sign_extend(v: u64, size: u32) -> u64 {
 }
 
 /// Even parity of the low byte (true when the number of set bits is even: PF=1).
+#[inline]
 pub fn parity(v: u64) -> bool {
-    (v as u8).count_ones() & 1 == 0
+    // Fold the byte to a nibble; 0x6996 holds the odd parity of each nibble value.
+    let x = (v as u8) ^ ((v as u8) >> 4);
+    (0x6996u16 >> (x & 0xf)) & 1 == 0
 }
 
 /// PF, ZF, SF for a result (truncated to size); all other bits of the return value are 0.
+#[inline]
 pub fn szp(size: u32, result: u64) -> u64 {
     let r = result & mask(size);
     flag(parity(r), PF) | flag(r == 0, ZF) | flag(msb(size, r), SF)
 }
 
 /// ADD/ADC: returns (result, flags) with all six status flags defined.
+#[inline]
 pub fn add(size: u32, a: u64, b: u64, carry_in: bool) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -101,6 +108,7 @@ pub fn add(size: u32, a: u64, b: u64, carry_in: bool) -> (u64, u64) {
 }
 
 /// SUB/SBB/CMP/NEG(as 0 - b): returns (a - b - borrow_in, flags) with all six flags defined.
+#[inline]
 pub fn sub(size: u32, a: u64, b: u64, borrow_in: bool) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -113,17 +121,20 @@ pub fn sub(size: u32, a: u64, b: u64, borrow_in: bool) -> (u64, u64) {
 
 /// AND/OR/XOR/TEST flags for a result: CF=OF=0, AF=0 (undefined in the SDM; Intel clears
 /// it), PF/ZF/SF from the result. Returns all six status flags.
+#[inline]
 pub fn logic(size: u32, result: u64) -> u64 {
     szp(size, result)
 }
 
 /// INC: (a + 1, flags). CF is taken from `old_flags` (unchanged); OF, SF, ZF, AF, PF defined.
+#[inline]
 pub fn inc(size: u32, a: u64, old_flags: u64) -> (u64, u64) {
     let (r, f) = add(size, a, 1, false);
     (r, merge(f, CF, old_flags))
 }
 
 /// DEC: (a - 1, flags). CF is taken from `old_flags` (unchanged); OF, SF, ZF, AF, PF defined.
+#[inline]
 pub fn dec(size: u32, a: u64, old_flags: u64) -> (u64, u64) {
     let (r, f) = sub(size, a, 1, false);
     (r, merge(f, CF, old_flags))

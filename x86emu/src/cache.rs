@@ -112,13 +112,15 @@ impl DecodeCache {
     }
 }
 
-const TLB_ENTRIES: usize = 256;
+const TLB_ENTRIES: usize = 4096;
 
 /// One cached translation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TlbEntry {
     /// Linear page number + 1 (0 = invalid).
     pub(crate) key: u64,
+    /// Flush generation the entry belongs to.
+    pub(crate) gen: u64,
     /// Physical page base.
     pub(crate) phys: u64,
     /// Supervisor writes allowed without a walk (permission and dirty bit already set).
@@ -131,9 +133,13 @@ pub(crate) struct TlbEntry {
     pub(crate) exec: bool,
 }
 
-/// Direct-mapped TLB.
+/// Direct-mapped TLB. A full flush starts a new generation instead of touching every entry.
 pub(crate) struct Tlb {
     entries: Vec<TlbEntry>,
+    gen: u64,
+    /// Some entry of this generation came from a large page (INVLPG then flushes everything,
+    /// since entries are kept per 4 KiB).
+    large: bool,
 }
 
 impl Tlb {
@@ -142,6 +148,7 @@ impl Tlb {
             entries: vec![
                 TlbEntry {
                     key: 0,
+                    gen: 0,
                     phys: 0,
                     write: false,
                     user_write: false,
@@ -150,31 +157,113 @@ impl Tlb {
                 };
                 TLB_ENTRIES
             ],
+            gen: 1,
+            large: false,
         }
     }
 
-    pub(crate) fn lookup(&self, lin: u64) -> Option<TlbEntry> {
+    #[inline]
+    pub(crate) fn lookup(&self, lin: u64) -> Option<&TlbEntry> {
         let page = lin >> 12;
-        let e = self.entries[(page as usize) & (TLB_ENTRIES - 1)];
-        (e.key == page + 1).then_some(e)
+        let e = &self.entries[(page as usize) & (TLB_ENTRIES - 1)];
+        (e.key == page + 1 && e.gen == self.gen).then_some(e)
     }
 
-    pub(crate) fn insert(&mut self, lin: u64, e: TlbEntry) {
+    pub(crate) fn insert(&mut self, lin: u64, e: TlbEntry, large: bool) {
+        self.large |= large;
         let page = lin >> 12;
-        self.entries[(page as usize) & (TLB_ENTRIES - 1)] = TlbEntry { key: page + 1, ..e };
+        self.entries[(page as usize) & (TLB_ENTRIES - 1)] = TlbEntry {
+            key: page + 1,
+            gen: self.gen,
+            ..e
+        };
     }
 
     pub(crate) fn flush(&mut self) {
-        for e in &mut self.entries {
-            e.key = 0;
-        }
+        self.gen += 1;
+        self.large = false;
     }
 
     pub(crate) fn flush_page(&mut self, lin: u64) {
+        if self.large {
+            self.flush();
+            return;
+        }
         let page = lin >> 12;
         let e = &mut self.entries[(page as usize) & (TLB_ENTRIES - 1)];
         if e.key == page + 1 {
             e.key = 0;
+        }
+    }
+}
+
+/// Largest number of instructions in one block.
+pub(crate) const BLOCK_MAX: usize = 64;
+const BLOCK_ENTRIES: usize = 4096;
+
+/// How execution goes on after an instruction of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Next instruction of the block when RIP fell through to it.
+    Next,
+    /// Last instruction of the block (an unconditional near branch); the processor state that
+    /// blocks depend on (mode, paging, interrupt flag) is unchanged.
+    End,
+    /// Last instruction, which may change anything: the caller re-examines the processor
+    /// (interrupt shadow, halt, mode) before going on.
+    Exit,
+}
+
+/// One instruction of a block.
+#[derive(Clone, Copy)]
+pub(crate) struct Decoded {
+    pub(crate) insn: Instruction,
+    /// Address of the following instruction (masked to the code size).
+    pub(crate) next: u64,
+    pub(crate) flow: Flow,
+    pub(crate) fast: crate::block::Fast,
+}
+
+/// A run of instructions decoded from one physical page.
+#[derive(Default)]
+pub(crate) struct Block {
+    /// Physical address, code size and epoch the block was decoded for (`tag` 0 = empty).
+    pub(crate) tag: u64,
+    pub(crate) epoch: u64,
+    /// RIP of the first instruction.
+    pub(crate) ip: u64,
+    /// Bytes from the first instruction to the end of the last.
+    pub(crate) bytes: u64,
+    pub(crate) insns: Vec<Decoded>,
+}
+
+/// Per-CPU decoded blocks, direct-mapped by physical address. Entries decoded before the
+/// code tracker's current epoch are stale.
+pub(crate) struct BlockCache {
+    pub(crate) blocks: Vec<Block>,
+}
+
+impl BlockCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            blocks: (0..BLOCK_ENTRIES).map(|_| Block::default()).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn index(phys: u64) -> usize {
+        ((phys ^ (phys >> 12)) as usize) & (BLOCK_ENTRIES - 1)
+    }
+
+    #[inline]
+    pub(crate) fn tag(phys: u64, bits: u32) -> u64 {
+        ((phys << 2) | u64::from(bits / 32)) + 1
+    }
+
+    /// Forgets every block.
+    pub(crate) fn clear(&mut self) {
+        for b in &mut self.blocks {
+            b.tag = 0;
         }
     }
 }

@@ -25,6 +25,13 @@ pub trait Bus {
     fn wrmsr(&mut self, _index: u32, _value: u64) -> bool {
         false
     }
+    /// Plain guest RAM the CPU may read and write directly instead of calling [`Bus::read`] and
+    /// [`Bus::write`]: no MMIO, nothing with side effects beyond the bytes. The CPU reports
+    /// its direct writes to its [`CodeTracker`](crate::CodeTracker) itself (and writes through
+    /// [`Bus::write`] when it has none). The default is no direct RAM.
+    fn ram(&self) -> &[RamRegion<'_>] {
+        &[]
+    }
     /// Atomically replaces the `size`-byte value at `address` with `new` if it still equals
     /// `current`; returns false (and writes nothing) otherwise. LOCK-prefixed instructions go
     /// through this so that they are atomic against other processors. The default is only
@@ -38,6 +45,17 @@ pub trait Bus {
         self.write(address, &new.to_le_bytes()[..size]);
         true
     }
+}
+
+/// A run of guest RAM the CPU accesses directly (see [`Bus::ram`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RamRegion<'a> {
+    /// Guest-physical address of `bytes[0]`.
+    pub start: u64,
+    /// The RAM. Other processors and devices may access it concurrently, hence atomics.
+    pub bytes: &'a [std::sync::atomic::AtomicU8],
+    /// False for ROM: writes then go through [`Bus::write`].
+    pub writable: bool,
 }
 
 /// Pseudo-vector used internally to restart an instruction whose locked update lost a race.
@@ -154,10 +172,12 @@ pub struct Cpu {
     pub cpu_count: u32,
     /// Decoded instructions by physical address.
     pub(crate) dcache: crate::cache::DecodeCache,
+    /// Decoded blocks by physical address.
+    pub(crate) blocks: crate::cache::BlockCache,
     /// Cached translations.
     pub(crate) tlb: crate::cache::Tlb,
     /// Partition-wide record of pages holding cached code (no caching without it).
-    code: Option<std::sync::Arc<crate::cache::CodeTracker>>,
+    pub(crate) code: Option<std::sync::Arc<crate::cache::CodeTracker>>,
     /// The current instruction is a locked read-modify-write.
     pub(crate) locked: bool,
     /// Value the locked instruction read from its memory operand.
@@ -181,6 +201,7 @@ impl Cpu {
             apic_id: 0,
             cpu_count: 1,
             dcache: crate::cache::DecodeCache::new(),
+            blocks: crate::cache::BlockCache::new(),
             tlb: crate::cache::Tlb::new(),
             code: None,
             locked: false,
@@ -198,6 +219,7 @@ impl Cpu {
     pub fn flush_caches(&mut self) {
         self.tlb.flush();
         self.dcache.sync(u64::MAX);
+        self.blocks.clear();
     }
 
     /// True when an external interrupt can be taken now.

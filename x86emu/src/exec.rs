@@ -1513,6 +1513,33 @@ impl Cpu {
             if rep && self.reg(count_reg) & amask == 0 {
                 break;
             }
+            let bulk_op = matches!(
+                mnem,
+                M::Movsb
+                    | M::Movsw
+                    | M::Movsd
+                    | M::Movsq
+                    | M::Stosb
+                    | M::Stosw
+                    | M::Stosd
+                    | M::Stosq
+            );
+            if rep && bulk_op && asize >= 4 {
+                let stos = matches!(mnem, M::Stosb | M::Stosw | M::Stosd | M::Stosq);
+                let back = step != size as u64;
+                let regs = (si, di, count_reg);
+                let n = self.string_bulk(stos, back, size, src_seg, regs, amask, bus);
+                if n > 0 {
+                    if self.reg(count_reg) & amask == 0 {
+                        break;
+                    }
+                    budget = budget.saturating_sub(n as u32);
+                    if budget == 0 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
             let s_off = self.reg(si) & amask;
             let d_off = self.reg(di) & amask;
             let mut stop_cond = None;
@@ -1588,6 +1615,112 @@ impl Cpu {
         }
         self.state.rip = next;
         Ok(())
+    }
+
+    /// REP MOVS/STOS with 32- or 64-bit addresses: the whole elements that lie in the current
+    /// source and destination pages (going down when `back`, DF=1), read and written directly
+    /// in RAM one element after the other in the element loop's order (so overlapping copies
+    /// behave the same). Returns how many elements it did; 0 leaves the work (and any fault)
+    /// to the element loop.
+    #[allow(clippy::too_many_arguments)]
+    fn string_bulk(
+        &mut self,
+        stos: bool,
+        back: bool,
+        size: usize,
+        src_seg: usize,
+        (si, di, count_reg): (Register, Register, Register),
+        amask: u64,
+        bus: &mut dyn Bus,
+    ) -> usize {
+        if self.code.is_none() {
+            return 0;
+        }
+        let count = self.reg(count_reg) & amask;
+        let s_off = self.reg(si) & amask;
+        let d_off = self.reg(di) & amask;
+        let Some(dphys) = self.fast_phys(seg::ES, d_off, size, true) else {
+            return 0;
+        };
+        // Elements from this one to the end (or, going down, the start) of its page.
+        let room = |phys: u64| {
+            if back {
+                (phys & 0xfff) as usize / size + 1
+            } else {
+                (0x1000 - (phys & 0xfff)) as usize / size
+            }
+        };
+        // ... and without the offsets wrapping around the address size.
+        let span = |off: u64| {
+            let elems = if back {
+                u128::from(off) / size as u128 + 1
+            } else {
+                (u128::from(amask) - u128::from(off) + 1) / size as u128
+            };
+            usize::try_from(elems).unwrap_or(usize::MAX)
+        };
+        let mut n = room(dphys)
+            .min(span(d_off))
+            .min(usize::try_from(count).unwrap_or(usize::MAX));
+        let sphys = if stos {
+            0
+        } else {
+            let Some(p) = self.fast_phys(src_seg, s_off, size, false) else {
+                return 0;
+            };
+            n = n.min(room(p)).min(span(s_off));
+            p
+        };
+        if n == 0 {
+            return 0;
+        }
+        let len = n * size;
+        // The lowest address of the run.
+        let low = |phys: u64| {
+            if back {
+                phys - (len - size) as u64
+            } else {
+                phys
+            }
+        };
+        let regions = bus.ram();
+        let Some(dm) = crate::mmu::ram_slice(regions, low(dphys), len, true) else {
+            return 0;
+        };
+        if stos {
+            let v = self.state.gpr[0];
+            for e in dm.chunks_exact(size) {
+                crate::mmu::store(e, v);
+            }
+        } else {
+            let Some(sm) = crate::mmu::ram_slice(regions, low(sphys), len, false) else {
+                return 0;
+            };
+            let pairs = dm.chunks_exact(size).zip(sm.chunks_exact(size));
+            if back {
+                for (d, s) in pairs.rev() {
+                    crate::mmu::store(d, crate::mmu::load(s));
+                }
+            } else {
+                for (d, s) in pairs {
+                    crate::mmu::store(d, crate::mmu::load(s));
+                }
+            }
+        }
+        if let Some(t) = &self.code {
+            t.note_write(low(dphys), len);
+        }
+        let adv = if back {
+            (len as u64).wrapping_neg()
+        } else {
+            len as u64
+        };
+        self.set_reg(di, d_off.wrapping_add(adv) & amask);
+        if !stos {
+            self.set_reg(si, s_off.wrapping_add(adv) & amask);
+        }
+        self.set_reg(count_reg, count - n as u64);
+        n
     }
 
     fn fast_system_call(&mut self, i: &Instruction, next: u64, bus: &mut dyn Bus) -> R<()> {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alu;
+mod block;
 pub mod cache;
 pub mod cpu;
 pub mod cpuid;
@@ -18,5 +19,5 @@ pub mod state;
 mod x87;
 
 pub use cache::CodeTracker;
-pub use cpu::{Bus, Cpu, Fault, Step};
+pub use cpu::{Bus, Cpu, Fault, RamRegion, Step};
 pub use state::CpuState;

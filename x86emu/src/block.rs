@@ -1,0 +1,1440 @@
+//! Block execution: runs of decoded instructions from one physical page, executed in a loop.
+//!
+//! A block starts at a physical address and extends over the straight-line instructions that
+//! follow it in the same page, up to [`BLOCK_MAX`]. Instructions that cannot change what the
+//! following instructions depend on (operating mode, paging, segment registers, the interrupt
+//! flag) continue the block: ALU, moves, stack operations, near branches, string operations.
+//! A conditional branch does not end a block: when RIP falls through, the next instruction of
+//! the block runs. Any other instruction (far transfers, control registers, I/O, HLT, ...)
+//! ends the block as its last instruction. Blocks never cross a page, so the one translation
+//! of the block's start covers all of it, and the CS limit is checked for the whole block.
+//!
+//! Blocks are cached per CPU by physical address, code size and the code tracker's epoch: a
+//! write to a page holding cached code (self-modifying code, DMA, another processor) starts a
+//! new epoch, and the running block stops after the instruction that made the write.
+//!
+//! Common register and memory forms (ALU, MOV, INC/DEC, LEA, PUSH/POP, Jcc, JMP, CMOVcc,
+//! register shifts, IMUL) carry their operands pre-decoded in [`Fast`] and skip the generic
+//! operand path; everything else runs through `execute`. The ALU fast forms defer their status
+//! flags ([`Lazy`]); RFLAGS is brought up to date before anything else can read it.
+
+use crate::alu::{self, Shift, CF, STATUS, ZF};
+use crate::cache::{Block, BlockCache, Decoded, Flow, BLOCK_MAX};
+use crate::cpu::{Bus, Cpu, Step, R, RETRY};
+use crate::mmu::Access;
+use crate::state::seg;
+use iced_x86::{
+    ConditionCode, Decoder, DecoderOptions, Instruction, Mnemonic as M, OpKind, Register,
+};
+
+/// A general register operand: index into `gpr`, width in bytes, and AH..BH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gpr {
+    idx: u8,
+    size: u8,
+    high: bool,
+}
+
+impl Gpr {
+    fn of(r: Register) -> Option<Self> {
+        let full = r.full_register();
+        if !full.is_gpr64() {
+            return None;
+        }
+        Some(Self {
+            idx: (full as usize - Register::RAX as usize) as u8,
+            size: r.size() as u8,
+            high: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+        })
+    }
+
+    fn bits(self) -> u32 {
+        u32::from(self.size) * 8
+    }
+}
+
+/// A pre-decoded memory operand: `(disp + base + index << scale) & amask` in segment `seg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemOp {
+    seg: u8,
+    /// Base and index register numbers (16 = none).
+    base: u8,
+    index: u8,
+    scale: u8,
+    /// Operand size in bytes (1..8).
+    size: u8,
+    disp: u64,
+    amask: u64,
+}
+
+impl MemOp {
+    /// The memory operand of `i` (mirrors `Cpu::ea`), if it has a plain one of 1 to 8 bytes.
+    fn of(i: &Instruction, bits: u32) -> Option<Self> {
+        let size = i.memory_size().size();
+        if !(1..=8).contains(&size) {
+            return None;
+        }
+        Self::address(i, bits, size)
+    }
+
+    /// The address computation alone (for LEA); `size` is recorded as given.
+    fn address(i: &Instruction, bits: u32, size: usize) -> Option<Self> {
+        if !(0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) {
+            return None;
+        }
+        let base = i.memory_base();
+        let index = i.memory_index();
+        let seg = crate::cpu::seg_index(i.memory_segment()) as u8;
+        let num = |r: Register| -> Option<u8> {
+            if r == Register::None {
+                Some(16)
+            } else {
+                Gpr::of(r).filter(|g| g.size >= 2).map(|g| g.idx)
+            }
+        };
+        if base == Register::RIP || base == Register::EIP {
+            let disp = i.memory_displacement64();
+            let amask = if base == Register::EIP {
+                0xffff_ffff
+            } else {
+                u64::MAX
+            };
+            return Some(Self {
+                seg,
+                base: 16,
+                index: 16,
+                scale: 0,
+                size: size as u8,
+                disp: disp & amask,
+                amask,
+            });
+        }
+        let asize = if base != Register::None {
+            if index != Register::None {
+                index.size()
+            } else {
+                base.size()
+            }
+        } else if index != Register::None {
+            index.size()
+        } else {
+            match i.memory_displ_size() {
+                2 => 2,
+                4 if bits != 64 => 4,
+                _ => 8,
+            }
+        };
+        Some(Self {
+            seg,
+            base: num(base)?,
+            index: num(index)?,
+            scale: i.memory_index_scale().trailing_zeros() as u8,
+            size: size as u8,
+            disp: i.memory_displacement64(),
+            amask: match asize {
+                2 => 0xffff,
+                4 => 0xffff_ffff,
+                _ => u64::MAX,
+            },
+        })
+    }
+}
+
+/// Two-operand ALU operations with a fast form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AluOp {
+    Add,
+    Adc,
+    Sub,
+    Sbb,
+    Cmp,
+    And,
+    Or,
+    Xor,
+    Test,
+}
+
+/// Pre-decoded form of an instruction with a fast path (`Generic`: run `execute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast {
+    Generic,
+    AluRR {
+        op: AluOp,
+        dst: Gpr,
+        src: Gpr,
+    },
+    AluRI {
+        op: AluOp,
+        dst: Gpr,
+        imm: u64,
+    },
+    IncDec {
+        inc: bool,
+        r: Gpr,
+    },
+    MovRR {
+        dst: Gpr,
+        src: Gpr,
+    },
+    MovRI {
+        dst: Gpr,
+        imm: u64,
+    },
+    /// Loads: MOV, MOVZX, MOVSX (`sign`) from memory.
+    Load {
+        dst: Gpr,
+        m: MemOp,
+        sign: bool,
+    },
+    StoreR {
+        m: MemOp,
+        src: Gpr,
+    },
+    StoreI {
+        m: MemOp,
+        imm: u64,
+    },
+    AluRM {
+        op: AluOp,
+        dst: Gpr,
+        m: MemOp,
+    },
+    AluMR {
+        op: AluOp,
+        m: MemOp,
+        src: Gpr,
+    },
+    AluMI {
+        op: AluOp,
+        m: MemOp,
+        imm: u64,
+    },
+    Lea {
+        dst: Gpr,
+        m: MemOp,
+    },
+    Push {
+        src: Gpr,
+    },
+    Pop {
+        dst: Gpr,
+    },
+    /// Conditional near branch to an already masked (and canonical) target.
+    Jcc {
+        cc: ConditionCode,
+        target: u64,
+    },
+    /// Unconditional near branch to an already masked (and canonical) target.
+    Jmp {
+        target: u64,
+    },
+    /// CMOVcc from a register.
+    CmovRR {
+        cc: ConditionCode,
+        dst: Gpr,
+        src: Gpr,
+    },
+    /// CMOVcc from memory (read whether or not the condition holds).
+    CmovRM {
+        cc: ConditionCode,
+        dst: Gpr,
+        m: MemOp,
+    },
+    /// Shift or rotate of a register by a constant.
+    ShiftRI {
+        op: Shift,
+        r: Gpr,
+        count: u8,
+    },
+    /// Shift or rotate of a register by CL.
+    ShiftRCl {
+        op: Shift,
+        r: Gpr,
+    },
+    /// Two-operand IMUL with a register source.
+    ImulRR {
+        dst: Gpr,
+        src: Gpr,
+    },
+    /// Two-operand IMUL with a memory source.
+    ImulRM {
+        dst: Gpr,
+        m: MemOp,
+    },
+}
+
+fn alu_op(m: M) -> Option<AluOp> {
+    Some(match m {
+        M::Add => AluOp::Add,
+        M::Adc => AluOp::Adc,
+        M::Sub => AluOp::Sub,
+        M::Sbb => AluOp::Sbb,
+        M::Cmp => AluOp::Cmp,
+        M::And => AluOp::And,
+        M::Or => AluOp::Or,
+        M::Xor => AluOp::Xor,
+        M::Test => AluOp::Test,
+        _ => return None,
+    })
+}
+
+/// The fast form of `i`, if it has one. `bits` is the code size.
+fn fast_form(i: &Instruction, bits: u32) -> Fast {
+    if i.has_lock_prefix() || i.op_count() > 2 {
+        return Fast::Generic;
+    }
+    let reg = |n: u32| {
+        if i.op_kind(n) == OpKind::Register {
+            Gpr::of(i.op_register(n))
+        } else {
+            None
+        }
+    };
+    let imm = |n: u32| match i.op_kind(n) {
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(i.immediate(n)),
+        _ => None,
+    };
+    let m = i.mnemonic();
+    let mem = |n: u32| {
+        if i.op_kind(n) == OpKind::Memory {
+            MemOp::of(i, bits)
+        } else {
+            None
+        }
+    };
+    if let Some(op) = alu_op(m) {
+        if let Some(dst) = reg(0) {
+            if let Some(src) = reg(1) {
+                if src.size == dst.size {
+                    return Fast::AluRR { op, dst, src };
+                }
+            } else if let Some(v) = imm(1) {
+                return Fast::AluRI {
+                    op,
+                    dst,
+                    imm: v & alu::mask(dst.bits()),
+                };
+            } else if let Some(mo) = mem(1) {
+                if mo.size == dst.size {
+                    return Fast::AluRM { op, dst, m: mo };
+                }
+            }
+        } else if let Some(mo) = mem(0) {
+            if let Some(src) = reg(1) {
+                if src.size == mo.size {
+                    return Fast::AluMR { op, m: mo, src };
+                }
+            } else if let Some(v) = imm(1) {
+                return Fast::AluMI {
+                    op,
+                    m: mo,
+                    imm: v & alu::mask(u32::from(mo.size) * 8),
+                };
+            }
+        }
+        return Fast::Generic;
+    }
+    match m {
+        M::Mov => match (reg(0), reg(1), imm(1), mem(0), mem(1)) {
+            (Some(dst), Some(src), ..) if src.size == dst.size => Fast::MovRR { dst, src },
+            (Some(dst), None, Some(v), ..) => Fast::MovRI {
+                dst,
+                imm: v & alu::mask(dst.bits()),
+            },
+            (Some(dst), None, None, None, Some(mo)) if mo.size == dst.size => Fast::Load {
+                dst,
+                m: mo,
+                sign: false,
+            },
+            (None, Some(src), _, Some(mo), None) if mo.size == src.size => {
+                Fast::StoreR { m: mo, src }
+            }
+            (None, None, Some(v), Some(mo), None) => Fast::StoreI {
+                m: mo,
+                imm: v & alu::mask(u32::from(mo.size) * 8),
+            },
+            _ => Fast::Generic,
+        },
+        M::Movzx | M::Movsx | M::Movsxd => match (reg(0), mem(1)) {
+            (Some(dst), Some(mo)) if mo.size <= dst.size => Fast::Load {
+                dst,
+                m: mo,
+                sign: m != M::Movzx,
+            },
+            _ => Fast::Generic,
+        },
+        M::Lea => match (reg(0), MemOp::address(i, bits, 0)) {
+            (Some(dst), Some(mo)) if dst.size >= 2 => Fast::Lea { dst, m: mo },
+            _ => Fast::Generic,
+        },
+        M::Push if i.op_count() == 1 => match reg(0) {
+            Some(src) if src.size >= 2 && i.stack_pointer_increment() == -(src.size as i32) => {
+                Fast::Push { src }
+            }
+            _ => Fast::Generic,
+        },
+        M::Pop if i.op_count() == 1 => match reg(0) {
+            Some(dst) if dst.size >= 2 && i.stack_pointer_increment() == dst.size as i32 => {
+                Fast::Pop { dst }
+            }
+            _ => Fast::Generic,
+        },
+        M::Inc | M::Dec if i.op_count() == 1 => match reg(0) {
+            Some(r) => Fast::IncDec {
+                inc: m == M::Inc,
+                r,
+            },
+            None => Fast::Generic,
+        },
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
+            let cc = i.condition_code();
+            match (reg(0), reg(1), mem(1)) {
+                (Some(dst), Some(src), _) if src.size == dst.size => Fast::CmovRR { cc, dst, src },
+                (Some(dst), None, Some(mo)) if mo.size == dst.size => {
+                    Fast::CmovRM { cc, dst, m: mo }
+                }
+                _ => Fast::Generic,
+            }
+        }
+        M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Shr | M::Sal | M::Sar => {
+            let op = match m {
+                M::Rol => Shift::Rol,
+                M::Ror => Shift::Ror,
+                M::Rcl => Shift::Rcl,
+                M::Rcr => Shift::Rcr,
+                M::Shl => Shift::Shl,
+                M::Sal => Shift::Sal,
+                M::Shr => Shift::Shr,
+                _ => Shift::Sar,
+            };
+            let Some(r) = reg(0) else {
+                return Fast::Generic;
+            };
+            if i.op_count() == 1 {
+                Fast::ShiftRI { op, r, count: 1 }
+            } else if let Some(v) = imm(1) {
+                Fast::ShiftRI {
+                    op,
+                    r,
+                    count: v as u8,
+                }
+            } else if i.op_kind(1) == OpKind::Register && i.op_register(1) == Register::CL {
+                Fast::ShiftRCl { op, r }
+            } else {
+                Fast::Generic
+            }
+        }
+        M::Imul if i.op_count() == 2 => match (reg(0), reg(1), mem(1)) {
+            (Some(dst), Some(src), _) if src.size == dst.size => Fast::ImulRR { dst, src },
+            (Some(dst), None, Some(mo)) if mo.size == dst.size => Fast::ImulRM { dst, m: mo },
+            _ => Fast::Generic,
+        },
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg
+        | M::Jmp => {
+            let mask = match i.op_kind(0) {
+                OpKind::NearBranch16 => 0xffff,
+                OpKind::NearBranch32 => 0xffff_ffff,
+                OpKind::NearBranch64 => u64::MAX,
+                _ => return Fast::Generic,
+            };
+            let mask = if bits == 64 { u64::MAX } else { mask };
+            let target = i.near_branch_target() & mask;
+            if bits == 64 && !crate::mmu::canonical(target) {
+                return Fast::Generic;
+            }
+            if m == M::Jmp {
+                Fast::Jmp { target }
+            } else {
+                Fast::Jcc {
+                    cc: i.condition_code(),
+                    target,
+                }
+            }
+        }
+        _ => Fast::Generic,
+    }
+}
+
+/// How the block goes on after `i`.
+fn flow_of(i: &Instruction) -> Flow {
+    // Segment, control and debug registers as operands change (or depend on) the mode.
+    for n in 0..i.op_count() {
+        if i.op_kind(n) == OpKind::Register {
+            let r = i.op_register(n);
+            if r.is_segment_register() || r.is_cr() || r.is_dr() {
+                return Flow::Exit;
+            }
+        }
+    }
+    let far = |i: &Instruction| {
+        matches!(i.op0_kind(), OpKind::FarBranch16 | OpKind::FarBranch32)
+            || (i.op0_kind() == OpKind::Memory
+                && matches!(
+                    i.memory_size(),
+                    iced_x86::MemorySize::SegPtr16
+                        | iced_x86::MemorySize::SegPtr32
+                        | iced_x86::MemorySize::SegPtr64
+                ))
+    };
+    match i.mnemonic() {
+        M::Jmp | M::Call if far(i) => Flow::Exit,
+        M::Jmp | M::Call | M::Ret => Flow::End,
+        M::Nop
+        | M::Pause
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw
+        | M::Endbr32
+        | M::Endbr64
+        | M::Mov
+        | M::Movzx
+        | M::Movsx
+        | M::Movsxd
+        | M::Lea
+        | M::Xchg
+        | M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg
+        | M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg
+        | M::Bswap
+        | M::Xlatb
+        | M::Push
+        | M::Pop
+        | M::Pushf
+        | M::Pushfd
+        | M::Pushfq
+        | M::Pusha
+        | M::Pushad
+        | M::Popa
+        | M::Popad
+        | M::Enter
+        | M::Leave
+        | M::Add
+        | M::Adc
+        | M::Sub
+        | M::Sbb
+        | M::Cmp
+        | M::And
+        | M::Or
+        | M::Xor
+        | M::Test
+        | M::Inc
+        | M::Dec
+        | M::Neg
+        | M::Not
+        | M::Rol
+        | M::Ror
+        | M::Rcl
+        | M::Rcr
+        | M::Shl
+        | M::Shr
+        | M::Sal
+        | M::Sar
+        | M::Shld
+        | M::Shrd
+        | M::Mul
+        | M::Imul
+        | M::Div
+        | M::Idiv
+        | M::Bt
+        | M::Bts
+        | M::Btr
+        | M::Btc
+        | M::Bsf
+        | M::Bsr
+        | M::Tzcnt
+        | M::Lzcnt
+        | M::Cbw
+        | M::Cwde
+        | M::Cdqe
+        | M::Cwd
+        | M::Cdq
+        | M::Cqo
+        | M::Cmpxchg
+        | M::Cmpxchg8b
+        | M::Cmpxchg16b
+        | M::Xadd
+        | M::Clc
+        | M::Stc
+        | M::Cmc
+        | M::Cld
+        | M::Std
+        | M::Lahf
+        | M::Sahf
+        | M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg
+        | M::Jcxz
+        | M::Jecxz
+        | M::Jrcxz
+        | M::Loop
+        | M::Loope
+        | M::Loopne
+        | M::Movsb
+        | M::Movsw
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq => Flow::Next,
+        // MOVSD/CMPSD are also SSE2 mnemonics; the string forms have implicit operands.
+        M::Movsd | M::Cmpsd if !matches!(i.op0_kind(), OpKind::Register | OpKind::Memory) => {
+            Flow::Next
+        }
+        _ => Flow::Exit,
+    }
+}
+
+impl Cpu {
+    /// Runs instructions until `budget` of them executed, the processor halts or shuts down,
+    /// or `stop` returns true. `stop` is asked after every instruction that may have changed
+    /// whether interrupts are deliverable (the interrupt flag, the interrupt shadow), after
+    /// faults, and otherwise at least every 256 instructions.
+    ///
+    /// Returns [`Step::Executed`] when the budget ran out or `stop` asked to stop. Without a
+    /// code tracker every instruction goes through [`Cpu::step`].
+    pub fn run(
+        &mut self,
+        bus: &mut dyn Bus,
+        budget: u32,
+        stop: &mut dyn FnMut(&Cpu) -> bool,
+    ) -> Step {
+        let Some(tracker) = self.code.clone() else {
+            for _ in 0..budget {
+                match self.step(bus) {
+                    Step::Executed => {
+                        if stop(self) {
+                            break;
+                        }
+                    }
+                    s => return s,
+                }
+            }
+            return Step::Executed;
+        };
+        let mut left = i64::from(budget);
+        // Where the previous block ran; valid while only block-continuing instructions ran
+        // (same mode, segments, paging and TLB).
+        let mut ctx: Option<FetchCtx> = None;
+        // Status flags of the last ALU fast form, pending across blocks; written to RFLAGS
+        // before anything outside the block engine can look (see `Lazy`).
+        let mut lz = Lazy::NONE;
+        let step = self.run_blocks(bus, &tracker, &mut left, &mut ctx, &mut lz, stop);
+        self.settle(&mut lz);
+        step
+    }
+
+    /// The loop of [`Cpu::run`].
+    fn run_blocks(
+        &mut self,
+        bus: &mut dyn Bus,
+        tracker: &crate::cache::CodeTracker,
+        left: &mut i64,
+        ctx: &mut Option<FetchCtx>,
+        lz: &mut Lazy,
+        stop: &mut dyn FnMut(&Cpu) -> bool,
+    ) -> Step {
+        let mut unchecked = 0u32;
+        while *left > 0 {
+            if self.state.wait_for_sipi || self.state.halted {
+                return Step::Halted;
+            }
+            let epoch = tracker.epoch();
+            let idx = if self.state.interrupt_shadow {
+                None
+            } else if let Some(i) = ctx.and_then(|c| self.block_in_page(c, bus, epoch)) {
+                Some(i)
+            } else {
+                match self.block_for_rip(bus, epoch) {
+                    Some((i, c)) => {
+                        *ctx = c;
+                        Some(i)
+                    }
+                    None => None,
+                }
+            };
+            let Some(idx) = idx else {
+                // One instruction the slow way: it raises the fetch fault, crosses a page,
+                // or ends an interrupt shadow.
+                *left -= 1;
+                self.settle(lz);
+                match self.step(bus) {
+                    Step::Executed => {}
+                    s => return s,
+                }
+                *ctx = None;
+                unchecked = 0;
+                if stop(self) {
+                    break;
+                }
+                continue;
+            };
+            let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
+            let (done, exit) = self.run_block(&insns, bus, tracker, epoch, lz);
+            self.blocks.blocks[idx].insns = insns;
+            *left -= i64::from(done);
+            unchecked += done;
+            match exit {
+                BlockExit::Continue => {
+                    if unchecked < 256 {
+                        continue;
+                    }
+                }
+                BlockExit::Check => *ctx = None,
+                BlockExit::Halted => return Step::Halted,
+                BlockExit::TripleFault => return Step::TripleFault,
+            }
+            unchecked = 0;
+            self.settle(lz);
+            if stop(self) {
+                break;
+            }
+        }
+        Step::Executed
+    }
+
+    /// The block at CS:RIP when RIP is still in the code page of `c`: no segment checks or
+    /// translation beyond the CS limit. `None` sends the caller to the full lookup.
+    #[inline]
+    fn block_in_page(&mut self, c: FetchCtx, bus: &mut dyn Bus, epoch: u64) -> Option<usize> {
+        let ip = self.state.rip;
+        let lin = if c.bits == 64 {
+            ip
+        } else {
+            c.base.wrapping_add(ip) & 0xffff_ffff
+        };
+        if lin >> 12 != c.lin_page {
+            return None;
+        }
+        let phys = c.phys_page | (lin & 0xfff);
+        let idx = BlockCache::index(phys);
+        let tag = BlockCache::tag(phys, c.bits);
+        let b = &self.blocks.blocks[idx];
+        if !(b.tag == tag && b.epoch == epoch && b.ip == ip) {
+            self.decode_block(idx, tag, epoch, phys, c.bits, bus);
+        }
+        let b = &self.blocks.blocks[idx];
+        if b.insns.is_empty() || (c.bits != 64 && ip + b.bytes - 1 > c.limit) {
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// The cached block starting at CS:RIP (decoding it when needed) and the context for
+    /// [`Cpu::block_in_page`]; `None` when the current instruction must go through
+    /// [`Cpu::step`].
+    fn block_for_rip(
+        &mut self,
+        bus: &mut dyn Bus,
+        epoch: u64,
+    ) -> Option<(usize, Option<FetchCtx>)> {
+        let ip = self.state.rip;
+        let bits = self.state.bitness();
+        let lin = self.linear(seg::CS, ip, 1, Access::Fetch).ok()?;
+        let user = self.state.cpl() == 3;
+        let phys = self.translate(lin, Access::Fetch, user, bus).ok()?;
+        let idx = BlockCache::index(phys);
+        let tag = BlockCache::tag(phys, bits);
+        let b = &self.blocks.blocks[idx];
+        if !(b.tag == tag && b.epoch == epoch && b.ip == ip) {
+            self.decode_block(idx, tag, epoch, phys, bits, bus);
+        }
+        let b = &self.blocks.blocks[idx];
+        if b.insns.is_empty() {
+            return None;
+        }
+        // The whole block within the CS limit (else the slow path faults at the right one).
+        self.linear(seg::CS, ip, b.bytes, Access::Fetch).ok()?;
+        let cs = &self.state.seg[seg::CS];
+        let ctx = FetchCtx {
+            bits,
+            base: cs.base,
+            limit: u64::from(cs.limit),
+            lin_page: lin >> 12,
+            phys_page: phys & !0xfff,
+        };
+        // Only a plain expand-up view of CS lets the fast path check the limit by itself.
+        let plain = bits == 64
+            || (lin == cs.base.wrapping_add(ip) & 0xffff_ffff && (ip + b.bytes - 1) <= ctx.limit);
+        Some((idx, plain.then_some(ctx)))
+    }
+
+    fn decode_block(
+        &mut self,
+        idx: usize,
+        tag: u64,
+        epoch: u64,
+        phys: u64,
+        bits: u32,
+        bus: &mut dyn Bus,
+    ) {
+        let ip = self.state.rip;
+        let mut insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
+        insns.clear();
+        let mut bytes_len = 0;
+        // Mark before reading so that a concurrent write invalidates what is decoded.
+        if self.code.as_ref().is_some_and(|t| t.mark(phys)) {
+            let avail = ((0x1000 - (phys & 0xfff)) as usize).min(BLOCK_MAX * 15);
+            let mut bytes = [0u8; BLOCK_MAX * 15];
+            crate::mmu::phys_read(phys, &mut bytes[..avail], bus);
+            let ip_limit = match bits {
+                16 => 0x1_0000u64,
+                32 => 0x1_0000_0000,
+                _ => u64::MAX,
+            };
+            let mut d =
+                Decoder::with_ip(bits, &bytes[..avail], ip, DecoderOptions::NO_INVALID_CHECK);
+            let mut insn = Instruction::default();
+            while insns.len() < BLOCK_MAX && d.can_decode() {
+                d.decode_out(&mut insn);
+                // Invalid or cut off by the page end: left to the slow path.
+                if insn.is_invalid() || d.last_error() != iced_x86::DecoderError::None {
+                    break;
+                }
+                // Instructions past the end of a 16/32-bit code segment's offset space wrap.
+                let end = insn.ip().wrapping_add(insn.len() as u64);
+                if insn.next_ip() != end || (bits != 64 && end >= ip_limit) {
+                    break;
+                }
+                let flow = flow_of(&insn);
+                insns.push(Decoded {
+                    insn,
+                    next: insn.next_ip(),
+                    flow,
+                    fast: fast_form(&insn, bits),
+                });
+                bytes_len = insn.next_ip() - ip;
+                if flow != Flow::Next {
+                    break;
+                }
+            }
+        }
+        let b: &mut Block = &mut self.blocks.blocks[idx];
+        b.tag = tag;
+        b.epoch = epoch;
+        b.ip = ip;
+        b.bytes = bytes_len;
+        b.insns = insns;
+    }
+
+    /// Executes a block from its first instruction; returns how many instructions completed
+    /// and why it stopped.
+    #[inline(always)]
+    fn run_block(
+        &mut self,
+        insns: &[Decoded],
+        bus: &mut dyn Bus,
+        tracker: &crate::cache::CodeTracker,
+        epoch: u64,
+        lz: &mut Lazy,
+    ) -> (u32, BlockExit) {
+        let mut done = 0;
+        for d in insns {
+            self.insn_start = self.state.rip;
+            let r = match d.fast {
+                Fast::Generic => {
+                    self.settle(lz);
+                    self.new_shadow = false;
+                    self.execute(&d.insn, bus)
+                }
+                f => self.exec_fast(f, d.next, lz, bus),
+            };
+            if let Err(f) = r {
+                self.settle(lz);
+                self.state.rip = self.insn_start;
+                // As in `step`: a shadow the faulting instruction set still applies.
+                if self.new_shadow {
+                    self.state.interrupt_shadow = true;
+                }
+                if f.vector == RETRY {
+                    // Another processor changed the locked operand: run the instruction again.
+                    return (done, BlockExit::Check);
+                }
+                if f.vector == 6 {
+                    tracing::debug!(
+                        rip = format_args!("{:#x}", self.insn_start),
+                        code = ?d.insn.code(),
+                        "#UD"
+                    );
+                }
+                return match self.raise(f, bus) {
+                    Step::TripleFault => (done, BlockExit::TripleFault),
+                    _ => (done + 1, BlockExit::Check),
+                };
+            }
+            done += 1;
+            match d.flow {
+                Flow::Next => {
+                    if self.state.rip != d.next || tracker.epoch() != epoch {
+                        return (done, BlockExit::Continue);
+                    }
+                }
+                Flow::End => return (done, BlockExit::Continue),
+                Flow::Exit => {
+                    self.settle(lz);
+                    // Blocks start only outside an interrupt shadow (see `run`).
+                    if self.new_shadow {
+                        self.state.interrupt_shadow = true;
+                    }
+                    if self.state.halted {
+                        return (done, BlockExit::Halted);
+                    }
+                    return (done, BlockExit::Check);
+                }
+            }
+        }
+        (done, BlockExit::Continue)
+    }
+
+    #[inline]
+    fn gpr_get(&self, g: Gpr) -> u64 {
+        let v = self.state.gpr[g.idx as usize];
+        match g.size {
+            1 if g.high => (v >> 8) & 0xff,
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            4 => v & 0xffff_ffff,
+            _ => v,
+        }
+    }
+
+    #[inline]
+    fn gpr_set(&mut self, g: Gpr, value: u64) {
+        let slot = &mut self.state.gpr[g.idx as usize];
+        *slot = match g.size {
+            1 if g.high => (*slot & !0xff00) | ((value & 0xff) << 8),
+            1 => (*slot & !0xff) | (value & 0xff),
+            2 => (*slot & !0xffff) | (value & 0xffff),
+            4 => value & 0xffff_ffff,
+            _ => value,
+        };
+    }
+
+    /// A two-operand ALU operation: records its status flags in `lz` (ADC and SBB, which read
+    /// CF, set them at once), returns the result when it is written back (not for CMP and
+    /// TEST).
+    #[inline(always)]
+    fn alu_fast(&mut self, lz: &mut Lazy, op: AluOp, bits: u32, a: u64, b: u64) -> Option<u64> {
+        let m = alu::mask(bits);
+        let (a, b) = (a & m, b & m);
+        let r = match op {
+            AluOp::Add => {
+                *lz = Lazy::new(LazyOp::Add, bits, a, b);
+                a.wrapping_add(b) & m
+            }
+            AluOp::Sub => {
+                *lz = Lazy::new(LazyOp::Sub, bits, a, b);
+                a.wrapping_sub(b) & m
+            }
+            AluOp::Cmp => {
+                *lz = Lazy::new(LazyOp::Sub, bits, a, b);
+                return None;
+            }
+            AluOp::And | AluOp::Test => {
+                let r = a & b;
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                if op == AluOp::Test {
+                    return None;
+                }
+                r
+            }
+            AluOp::Or => {
+                let r = a | b;
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                r
+            }
+            AluOp::Xor => {
+                let r = a ^ b;
+                *lz = Lazy::new(LazyOp::Logic, bits, r, 0);
+                r
+            }
+            AluOp::Adc | AluOp::Sbb => {
+                self.settle(lz);
+                let carry = self.state.rflags & CF != 0;
+                let (r, f) = if op == AluOp::Adc {
+                    alu::add(bits, a, b, carry)
+                } else {
+                    alu::sub(bits, a, b, carry)
+                };
+                self.set_flags(STATUS, f);
+                r
+            }
+        };
+        Some(r)
+    }
+
+    /// Writes the status flags recorded in `lz` to RFLAGS (with the same `alu` functions the
+    /// generic path uses, so the result is exact) and clears it.
+    #[inline(always)]
+    fn settle(&mut self, lz: &mut Lazy) {
+        if lz.op != LazyOp::None {
+            self.settle_pending(lz);
+        }
+    }
+
+    #[inline(never)]
+    fn settle_pending(&mut self, lz: &mut Lazy) {
+        let bits = u32::from(lz.bits);
+        let f = match lz.op {
+            LazyOp::None => return,
+            LazyOp::Add => alu::add(bits, lz.a, lz.b, false).1,
+            LazyOp::Sub => alu::sub(bits, lz.a, lz.b, false).1,
+            LazyOp::Logic => alu::logic(bits, lz.a),
+            LazyOp::Inc => alu::inc(bits, lz.a, lz.b * CF).1,
+            LazyOp::Dec => alu::dec(bits, lz.a, lz.b * CF).1,
+        };
+        self.set_flags(STATUS, f);
+        *lz = Lazy::NONE;
+    }
+
+    /// CF as the operation recorded in `lz` (or RFLAGS, with nothing pending) leaves it.
+    #[inline(always)]
+    fn lazy_cf(&self, lz: &Lazy) -> bool {
+        match lz.op {
+            LazyOp::None => self.state.rflags & CF != 0,
+            LazyOp::Add => lz.a.wrapping_add(lz.b) & alu::mask(u32::from(lz.bits)) < lz.a,
+            LazyOp::Sub => lz.a < lz.b,
+            LazyOp::Logic => false,
+            LazyOp::Inc | LazyOp::Dec => lz.b != 0,
+        }
+    }
+
+    /// Evaluates a condition against the flags recorded in `lz` without writing them where
+    /// the operation allows it; otherwise settles them first.
+    #[inline(always)]
+    fn cond_lazy(&mut self, lz: &mut Lazy, cc: ConditionCode) -> bool {
+        use ConditionCode as C;
+        let bits = u32::from(lz.bits);
+        match lz.op {
+            LazyOp::None => return self.cond_fast(cc),
+            LazyOp::Sub => {
+                let (a, b) = (lz.a, lz.b);
+                let (sa, sb) = (
+                    alu::sign_extend(a, bits) as i64,
+                    alu::sign_extend(b, bits) as i64,
+                );
+                match cc {
+                    C::e => return a == b,
+                    C::ne => return a != b,
+                    C::b => return a < b,
+                    C::ae => return a >= b,
+                    C::be => return a <= b,
+                    C::a => return a > b,
+                    C::l => return sa < sb,
+                    C::ge => return sa >= sb,
+                    C::le => return sa <= sb,
+                    C::g => return sa > sb,
+                    _ => {}
+                }
+            }
+            LazyOp::Logic => {
+                let zf = lz.a == 0;
+                let sf = lz.a & alu::sign_bit(bits) != 0;
+                match cc {
+                    C::e | C::be => return zf,
+                    C::ne | C::a => return !zf,
+                    C::s | C::l => return sf,
+                    C::ns | C::ge => return !sf,
+                    C::le => return zf || sf,
+                    C::g => return !zf && !sf,
+                    C::b | C::o => return false,
+                    C::ae | C::no => return true,
+                    _ => {}
+                }
+            }
+            LazyOp::Add | LazyOp::Inc | LazyOp::Dec => {
+                let r = match lz.op {
+                    LazyOp::Add => lz.a.wrapping_add(lz.b),
+                    LazyOp::Inc => lz.a.wrapping_add(1),
+                    _ => lz.a.wrapping_sub(1),
+                } & alu::mask(bits);
+                match cc {
+                    C::e => return r == 0,
+                    C::ne => return r != 0,
+                    C::s => return r & alu::sign_bit(bits) != 0,
+                    C::ns => return r & alu::sign_bit(bits) == 0,
+                    _ => {}
+                }
+            }
+        }
+        self.settle(lz);
+        self.cond_fast(cc)
+    }
+
+    #[inline]
+    fn ea_fast(&self, m: MemOp) -> u64 {
+        let g = &self.state.gpr;
+        let mut a = m.disp;
+        if m.base < 16 {
+            a = a.wrapping_add(g[m.base as usize]);
+        }
+        if m.index < 16 {
+            a = a.wrapping_add(g[m.index as usize] << m.scale);
+        }
+        a & m.amask
+    }
+
+    /// Executes a pre-decoded fast form; `next` is the address of the following instruction.
+    #[inline(always)]
+    fn exec_fast(&mut self, f: Fast, next: u64, lz: &mut Lazy, bus: &mut dyn Bus) -> R<()> {
+        let mut rip = next;
+        match f {
+            Fast::Generic => unreachable!("generic instructions run through execute"),
+            Fast::AluRR { op, dst, src } => {
+                let (a, b) = (self.gpr_get(dst), self.gpr_get(src));
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
+                    self.gpr_set(dst, r);
+                }
+            }
+            Fast::AluRI { op, dst, imm } => {
+                let a = self.gpr_get(dst);
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, imm) {
+                    self.gpr_set(dst, r);
+                }
+            }
+            Fast::AluRM { op, dst, m } => {
+                let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let a = self.gpr_get(dst);
+                if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
+                    self.gpr_set(dst, r);
+                }
+            }
+            Fast::AluMR { op, m, src } => {
+                let ea = self.ea_fast(m);
+                let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
+                let b = self.gpr_get(src);
+                self.alu_mem(lz, op, m, ea, a, b, bus)?;
+            }
+            Fast::AluMI { op, m, imm } => {
+                let ea = self.ea_fast(m);
+                let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
+                self.alu_mem(lz, op, m, ea, a, imm, bus)?;
+            }
+            Fast::Load { dst, m, sign } => {
+                let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let v = if sign {
+                    alu::sign_extend(v, u32::from(m.size) * 8)
+                } else {
+                    v
+                };
+                self.gpr_set(dst, v);
+            }
+            Fast::StoreR { m, src } => {
+                let v = self.gpr_get(src);
+                self.write_val(m.seg as usize, self.ea_fast(m), m.size as usize, v, bus)?;
+            }
+            Fast::StoreI { m, imm } => {
+                self.write_val(m.seg as usize, self.ea_fast(m), m.size as usize, imm, bus)?;
+            }
+            Fast::Lea { dst, m } => {
+                let v = self.ea_fast(m);
+                self.gpr_set(dst, v);
+            }
+            Fast::Push { src } => {
+                let v = self.gpr_get(src);
+                self.push(src.size as usize, v, bus)?;
+            }
+            Fast::Pop { dst } => {
+                let v = self.pop(dst.size as usize, bus)?;
+                self.gpr_set(dst, v);
+            }
+            Fast::IncDec { inc, r } => {
+                let bits = r.bits();
+                let a = self.gpr_get(r);
+                // CF stays as the previous operation left it.
+                let cf = self.lazy_cf(lz);
+                let (v, op) = if inc {
+                    (a.wrapping_add(1), LazyOp::Inc)
+                } else {
+                    (a.wrapping_sub(1), LazyOp::Dec)
+                };
+                *lz = Lazy::new(op, bits, a, u64::from(cf));
+                self.gpr_set(r, v & alu::mask(bits));
+            }
+            Fast::MovRR { dst, src } => {
+                let v = self.gpr_get(src);
+                self.gpr_set(dst, v);
+            }
+            Fast::MovRI { dst, imm } => self.gpr_set(dst, imm),
+            Fast::Jcc { cc, target } => {
+                if self.cond_lazy(lz, cc) {
+                    rip = target;
+                }
+            }
+            Fast::Jmp { target } => rip = target,
+            Fast::CmovRR { cc, dst, src } => {
+                let v = self.gpr_get(src);
+                self.cmov(lz, cc, dst, v);
+            }
+            Fast::CmovRM { cc, dst, m } => {
+                let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                self.cmov(lz, cc, dst, v);
+            }
+            Fast::ShiftRI { op, r, count } => self.shift_fast(lz, op, r, count),
+            Fast::ShiftRCl { op, r } => {
+                let count = self.state.gpr[1] as u8;
+                self.shift_fast(lz, op, r, count);
+            }
+            Fast::ImulRR { dst, src } => {
+                let b = self.gpr_get(src);
+                self.imul_fast(lz, dst, b);
+            }
+            Fast::ImulRM { dst, m } => {
+                let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                self.imul_fast(lz, dst, b);
+            }
+        }
+        self.state.rip = rip;
+        Ok(())
+    }
+
+    /// A read-modify-write ALU operation on memory: the flags are recorded only once the
+    /// write succeeded (a faulting instruction leaves them unchanged).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn alu_mem(
+        &mut self,
+        lz: &mut Lazy,
+        op: AluOp,
+        m: MemOp,
+        ea: u64,
+        a: u64,
+        b: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        let saved = *lz;
+        let flags = self.state.rflags;
+        if let Some(r) = self.alu_fast(lz, op, u32::from(m.size) * 8, a, b) {
+            if let Err(e) = self.write_val(m.seg as usize, ea, m.size as usize, r, bus) {
+                *lz = saved;
+                self.state.rflags = flags;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// CMOVcc: a 32-bit destination is zero-extended whether or not the condition holds.
+    #[inline(always)]
+    fn cmov(&mut self, lz: &mut Lazy, cc: ConditionCode, dst: Gpr, v: u64) {
+        if self.cond_lazy(lz, cc) {
+            self.gpr_set(dst, v);
+        } else if dst.size == 4 {
+            let cur = self.gpr_get(dst);
+            self.gpr_set(dst, cur);
+        }
+    }
+
+    /// A shift or rotate of a register (as the generic path: the result is written even for
+    /// a zero count, which leaves the flags).
+    #[inline(always)]
+    fn shift_fast(&mut self, lz: &mut Lazy, op: Shift, r: Gpr, count: u8) {
+        self.settle(lz);
+        let a = self.gpr_get(r);
+        let (v, f) = alu::shift(op, r.bits(), a, count, self.state.rflags);
+        self.gpr_set(r, v);
+        self.set_flags(STATUS, f);
+    }
+
+    /// Two-operand IMUL into a register.
+    #[inline(always)]
+    fn imul_fast(&mut self, lz: &mut Lazy, dst: Gpr, b: u64) {
+        self.settle(lz);
+        let size = dst.bits();
+        let a = self.gpr_get(dst);
+        let (lo, _, f) = alu::imul(size, a, b & alu::mask(size), self.state.rflags);
+        self.gpr_set(dst, lo);
+        self.set_flags(STATUS, f);
+    }
+
+    #[inline]
+    fn cond_fast(&self, cc: ConditionCode) -> bool {
+        let f = self.state.rflags;
+        let cf = f & CF != 0;
+        let zf = f & ZF != 0;
+        let sf = f & alu::SF != 0;
+        let of = f & alu::OF != 0;
+        match cc {
+            ConditionCode::o => of,
+            ConditionCode::no => !of,
+            ConditionCode::b => cf,
+            ConditionCode::ae => !cf,
+            ConditionCode::e => zf,
+            ConditionCode::ne => !zf,
+            ConditionCode::be => cf || zf,
+            ConditionCode::a => !cf && !zf,
+            ConditionCode::s => sf,
+            ConditionCode::ns => !sf,
+            ConditionCode::p => f & alu::PF != 0,
+            ConditionCode::np => f & alu::PF == 0,
+            ConditionCode::l => sf != of,
+            ConditionCode::ge => sf == of,
+            ConditionCode::le => zf || sf != of,
+            ConditionCode::g => !zf && sf == of,
+            ConditionCode::None => true,
+        }
+    }
+}
+
+/// The code page and CS view the previous block ran in.
+#[derive(Debug, Clone, Copy)]
+struct FetchCtx {
+    bits: u32,
+    base: u64,
+    limit: u64,
+    lin_page: u64,
+    phys_page: u64,
+}
+
+/// Why a block stopped.
+enum BlockExit {
+    /// Ordinary end: look up the next block.
+    Continue,
+    /// The processor state may have changed (interrupt flag, shadow, a fault was delivered):
+    /// ask the caller's stop condition.
+    Check,
+    Halted,
+    TripleFault,
+}
+
+/// The operation whose status flags are pending in a [`Lazy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LazyOp {
+    /// Nothing pending: RFLAGS holds the flags.
+    None,
+    /// ADD of `a` and `b`.
+    Add,
+    /// SUB or CMP of `b` from `a`.
+    Sub,
+    /// AND/OR/XOR/TEST with result `a`.
+    Logic,
+    /// INC of `a`; `b` is the CF it keeps (0 or 1).
+    Inc,
+    /// DEC of `a`; `b` is the CF it keeps (0 or 1).
+    Dec,
+}
+
+/// Status flags of the last ALU fast form, kept as its operands until something reads them.
+/// Lives only inside [`Cpu::run_block`], which writes them to RFLAGS before any other
+/// instruction runs, before a fault is delivered and before it returns, so RFLAGS is exact
+/// whenever anything else looks at it. Operands are masked to the operation's width.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lazy {
+    op: LazyOp,
+    bits: u8,
+    a: u64,
+    b: u64,
+}
+
+impl Lazy {
+    const NONE: Self = Self {
+        op: LazyOp::None,
+        bits: 64,
+        a: 0,
+        b: 0,
+    };
+
+    #[inline(always)]
+    fn new(op: LazyOp, bits: u32, a: u64, b: u64) -> Self {
+        Self {
+            op,
+            bits: bits as u8,
+            a,
+            b,
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The block engine against the per-instruction interpreter on random straight-line programs.
+//!
+//! Each program is a random sequence of the instructions the block engine runs as fast forms
+//! (ALU, MOV/MOVZX/MOVSX/MOVSXD, LEA, INC/DEC, PUSH/POP, shifts and rotates, IMUL, CMOVcc) mixed
+//! with flag readers that go through the generic path (ADC/SBB, SETcc, PUSHF, Jcc over the
+//! next instructions), on registers and on memory, in 64-bit and 32-bit code. The same program
+//! from the same state runs once through `Cpu::run` without a code tracker (every instruction
+//! through `Cpu::step`) and through the block engine with direct RAM (with large and tiny
+//! budgets, so deferred flags also cross calls); registers, flags and memory must agree.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use x86emu::{Bus, CodeTracker, Cpu, RamRegion, Step};
+
+struct Mem<'a> {
+    regions: [RamRegion<'a>; 1],
+    tracker: Option<Arc<CodeTracker>>,
+}
+
+impl Bus for Mem<'_> {
+    fn read(&mut self, a: u64, d: &mut [u8]) {
+        for (k, b) in d.iter_mut().enumerate() {
+            *b = self.regions[0]
+                .bytes
+                .get(a as usize + k)
+                .map_or(0xff, |x| x.load(Ordering::Relaxed));
+        }
+    }
+    fn write(&mut self, a: u64, d: &[u8]) {
+        for (k, b) in d.iter().enumerate() {
+            if let Some(x) = self.regions[0].bytes.get(a as usize + k) {
+                x.store(*b, Ordering::Relaxed);
+            }
+        }
+        if let Some(t) = &self.tracker {
+            t.note_write(a, d.len());
+        }
+    }
+    fn io_in(&mut self, _: u16, d: &mut [u8]) {
+        d.fill(0xff);
+    }
+    fn io_out(&mut self, _: u16, _: &[u8]) {}
+    fn tsc(&mut self) -> u64 {
+        0
+    }
+    fn ram(&self) -> &[RamRegion<'_>] {
+        if self.tracker.is_some() {
+            &self.regions
+        } else {
+            &[]
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const RAM: usize = 0x40_0000;
+const GDT: usize = 0x500;
+const PML4: usize = 0x2000;
+const CODE: u64 = 0x10000;
+const STACK_TOP: u64 = 0x30000;
+/// RBX/EBX points here; memory operands are [rbx + disp8] and [rbx + rsi*scale + disp8] with
+/// RSI kept small.
+const DATA: u64 = 0x20000;
+
+/// Registers a program may write: not RSP (stack), RBX (data pointer) or RSI (index).
+fn dst_reg(rng: &mut Rng, long: bool) -> u8 {
+    let choices: &[u8] = if long {
+        &[0, 1, 2, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    } else {
+        &[0, 1, 2, 5, 7]
+    };
+    choices[rng.below(choices.len() as u64) as usize]
+}
+
+fn any_reg(rng: &mut Rng, long: bool) -> u8 {
+    (rng.below(if long { 16 } else { 8 })) as u8
+}
+
+/// Operand size: 1, 2, 4 or (64-bit code) 8 bytes.
+fn size(rng: &mut Rng, long: bool) -> u8 {
+    match rng.below(if long { 4 } else { 3 }) {
+        0 => 1,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    }
+}
+
+/// Prefixes for `size`, register fields `reg`/`rm` (REX in 64-bit code), then `op`.
+fn prefixed(long: bool, size: u8, reg: u8, rm: u8, index: u8, op: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    if size == 2 {
+        v.push(0x66);
+    }
+    if long {
+        let rex = 0x40
+            | if size == 8 { 8 } else { 0 }
+            | if reg >= 8 { 4 } else { 0 }
+            | if index >= 8 { 2 } else { 0 }
+            | if rm >= 8 { 1 } else { 0 };
+        // Byte registers 4-7 mean SPL..DIL with any REX and AH..BH without; either is fine,
+        // but both engines must see the same bytes, so always emit REX for byte operands.
+        if rex != 0x40 || size == 1 {
+            v.push(rex);
+        }
+    }
+    v.extend_from_slice(op);
+    v
+}
+
+/// ModRM (and SIB/displacement) for a register or a memory operand at RBX (+RSI*scale) + disp8.
+fn modrm(rng: &mut Rng, reg: u8, rm: Option<u8>) -> (Vec<u8>, u8, u8) {
+    match rm {
+        Some(r) => (vec![0xc0 | ((reg & 7) << 3) | (r & 7)], r, 0),
+        None => {
+            let disp = (rng.below(0x70)) as u8;
+            if rng.below(2) == 0 {
+                (vec![0x40 | ((reg & 7) << 3) | 3, disp], 3, 0)
+            } else {
+                let scale = rng.below(4) as u8;
+                (
+                    vec![0x44 | ((reg & 7) << 3), (scale << 6) | (6 << 3) | 3, disp],
+                    3,
+                    6,
+                )
+            }
+        }
+    }
+}
+
+/// One random instruction (an ALU/move/shift form with a register or memory operand, or a
+/// flag reader).
+fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
+    let sz = size(rng, long);
+    let wide = u8::from(sz != 1);
+    let d = dst_reg(rng, long);
+    let s = any_reg(rng, long);
+    let mem = rng.below(3) == 0;
+    let rm = if mem { None } else { Some(d) };
+    let enc = |rng: &mut Rng, reg: u8, rm: Option<u8>, op: &[u8]| {
+        let (m, rmr, idx) = modrm(rng, reg, rm);
+        let mut v = prefixed(long, sz, reg, rmr, idx, op);
+        v.extend(m);
+        v
+    };
+    let imm = |rng: &mut Rng, n: u8| -> Vec<u8> {
+        let x = rng.next().to_le_bytes();
+        x[..usize::from(n.min(4))].to_vec()
+    };
+    match rng.below(16) {
+        // ALU r/m, reg and reg, r/m: ADD OR ADC SBB AND SUB XOR CMP.
+        0 | 1 => {
+            let op = (rng.below(8) as u8) << 3;
+            if rng.below(2) == 0 {
+                enc(rng, s, rm, &[op | wide])
+            } else {
+                enc(rng, d, if mem { None } else { Some(s) }, &[op | 2 | wide])
+            }
+        }
+        // ALU r/m, imm (81/83/80).
+        2 => {
+            let op = rng.below(8) as u8;
+            let short = sz != 1 && rng.below(2) == 0;
+            let opc = if sz == 1 {
+                0x80
+            } else if short {
+                0x83
+            } else {
+                0x81
+            };
+            let mut v = enc(rng, op, rm, &[opc]);
+            v.extend(imm(rng, if short || sz == 1 { 1 } else { sz.min(4) }));
+            v
+        }
+        // TEST r/m, reg.
+        3 => enc(rng, s, rm, &[0x84 | wide]),
+        // MOV r/m, reg / reg, r/m / r/m, imm.
+        4 => match rng.below(3) {
+            0 => enc(rng, s, rm, &[0x88 | wide]),
+            1 => enc(rng, d, if mem { None } else { Some(s) }, &[0x8a | wide]),
+            _ => {
+                let mut v = enc(rng, 0, rm, &[0xc6 | wide]);
+                v.extend(imm(rng, sz));
+                v
+            }
+        },
+        // INC/DEC r/m, NEG/NOT r/m.
+        5 => {
+            let which = rng.below(2) as u8;
+            if rng.below(2) == 0 {
+                enc(rng, which, rm, &[0xfe | wide])
+            } else {
+                enc(rng, 2 + which, rm, &[0xf6 | wide])
+            }
+        }
+        // Shifts and rotates by 1, imm8 and CL.
+        6 => {
+            let op = rng.below(8) as u8;
+            match rng.below(3) {
+                0 => enc(rng, op, rm, &[0xd0 | wide]),
+                1 => enc(rng, op, rm, &[0xd2 | wide]),
+                _ => {
+                    let mut v = enc(rng, op, rm, &[0xc0 | wide]);
+                    v.push(rng.below(70) as u8);
+                    v
+                }
+            }
+        }
+        // MOVZX/MOVSX from a byte or word, MOVSXD.
+        7 => {
+            let (m, rmr, idx) = modrm(rng, d, if mem { None } else { Some(s) });
+            let dsz = if long && rng.below(2) == 0 { 8 } else { 4 };
+            let op: &[u8] = match rng.below(if long { 5 } else { 4 }) {
+                0 => &[0x0f, 0xb6],
+                1 => &[0x0f, 0xb7],
+                2 => &[0x0f, 0xbe],
+                3 => &[0x0f, 0xbf],
+                _ => &[0x63],
+            };
+            let mut v = prefixed(long, dsz, d, rmr, idx, op);
+            v.extend(m);
+            v
+        }
+        // LEA reg, [rbx + rsi*scale + disp8].
+        8 => {
+            let lsz = if sz == 1 { 4 } else { sz };
+            let (m, rmr, idx) = modrm(rng, d, None);
+            let mut v = prefixed(long, lsz, d, rmr, idx, &[0x8d]);
+            v.extend(m);
+            v
+        }
+        // PUSH reg; POP reg (balanced, through the stack).
+        9 => {
+            let mut v = Vec::new();
+            if long && s >= 8 {
+                v.push(0x41);
+            }
+            v.push(0x50 | (s & 7));
+            if long && d >= 8 {
+                v.push(0x41);
+            }
+            v.push(0x58 | (d & 7));
+            v
+        }
+        // IMUL reg, r/m (16/32/64-bit).
+        10 => {
+            let isz = if sz == 1 { 4 } else { sz };
+            let (m, rmr, idx) = modrm(rng, d, if mem { None } else { Some(s) });
+            let mut v = prefixed(long, isz, d, rmr, idx, &[0x0f, 0xaf]);
+            v.extend(m);
+            v
+        }
+        // CMOVcc reg, r/m.
+        11 => {
+            let csz = if sz == 1 { 4 } else { sz };
+            let (m, rmr, idx) = modrm(rng, d, if mem { None } else { Some(s) });
+            let cc = rng.below(16) as u8;
+            let mut v = prefixed(long, csz, d, rmr, idx, &[0x0f, 0x40 | cc]);
+            v.extend(m);
+            v
+        }
+        // SETcc r/m8.
+        12 => {
+            let cc = rng.below(16) as u8;
+            let (m, rmr, idx) = modrm(rng, 0, rm);
+            let mut v = prefixed(long, 1, 0, rmr, idx, &[0x0f, 0x90 | cc]);
+            v.extend(m);
+            v
+        }
+        // PUSHF; POP reg: the whole flags image in a register.
+        13 => {
+            let mut v = vec![0x9c];
+            if long && d >= 8 {
+                v.push(0x41);
+            }
+            v.push(0x58 | (d & 7));
+            v
+        }
+        // XCHG reg, r/m and XADD.
+        14 => {
+            if rng.below(2) == 0 {
+                let other = dst_reg(rng, long);
+                enc(rng, d, if mem { None } else { Some(other) }, &[0x86 | wide])
+            } else {
+                let (m, rmr, idx) = modrm(rng, s, rm);
+                let mut v = prefixed(long, sz, s, rmr, idx, &[0x0f, 0xc0 | wide]);
+                v.extend(m);
+                // XADD writes its source register too; keep RBX/RSI/RSP intact.
+                if matches!(s, 3 | 4 | 6) {
+                    return instruction(rng, long);
+                }
+                v
+            }
+        }
+        // CLC/STC/CMC.
+        _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
+    }
+}
+
+/// A random program: instructions, some preceded by a Jcc over the next one to three, then HLT.
+fn program(rng: &mut Rng, long: bool, len: usize) -> Vec<u8> {
+    let insns: Vec<Vec<u8>> = (0..len).map(|_| instruction(rng, long)).collect();
+    // Which instructions get a Jcc in front, over how many instructions (with their own Jcc).
+    let jumps: Vec<Option<(u8, usize)>> = (0..len)
+        .map(|_| (rng.below(6) == 0).then(|| (rng.below(16) as u8, 1 + rng.below(3) as usize)))
+        .collect();
+    let unit = |j: usize| insns[j].len() + if jumps[j].is_some() { 2 } else { 0 };
+    let mut code = Vec::new();
+    for (i, insn) in insns.iter().enumerate() {
+        if let Some((cc, over)) = jumps[i] {
+            let skip = insn.len() + (i + 1..(i + over).min(len)).map(unit).sum::<usize>();
+            match u8::try_from(skip) {
+                Ok(rel) if rel < 0x80 => code.extend_from_slice(&[0x70 | cc, rel]),
+                // Too far: a Jcc over nothing keeps the layout.
+                _ => code.extend_from_slice(&[0x70 | cc, 0]),
+            }
+        }
+        code.extend_from_slice(insn);
+    }
+    code.push(0xf4);
+    code
+}
+
+fn tables(ram: &[AtomicU8]) {
+    let put = |at: usize, bytes: &[u8]| {
+        for (k, b) in bytes.iter().enumerate() {
+            ram[at + k].store(*b, Ordering::Relaxed);
+        }
+    };
+    for (i, d) in [
+        0u64,
+        0x00cf_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        0x00af_9a00_0000_ffff,
+    ]
+    .iter()
+    .enumerate()
+    {
+        put(GDT + i * 8, &d.to_le_bytes());
+    }
+    put(PML4, &((PML4 as u64 + 0x1000) | 3).to_le_bytes());
+    put(PML4 + 0x1000, &((PML4 as u64 + 0x2000) | 3).to_le_bytes());
+    put(PML4 + 0x2000, &0x83u64.to_le_bytes());
+}
+
+fn cpu(long: bool, rng: &mut Rng) -> Cpu {
+    let flat = hv::Segment::flat;
+    let mut cpu = Cpu::new(true);
+    for (i, g) in cpu.state.gpr.iter_mut().enumerate() {
+        *g = match rng.below(4) {
+            0 => rng.next(),
+            1 => rng.next() & 0xff,
+            2 => rng.next() | (1 << 63),
+            _ => 0,
+        };
+        if !long {
+            *g &= 0xffff_ffff;
+        }
+        match i {
+            3 => *g = DATA,
+            4 => *g = STACK_TOP,
+            6 => *g = rng.below(0x40),
+            _ => {}
+        }
+    }
+    cpu.state.rflags = 2 | (rng.next() & 0x8d5);
+    cpu.state.rip = CODE;
+    cpu.state.cr0 |= 1;
+    cpu.state.gdt = hv::TableRegister {
+        base: GDT as u64,
+        limit: 31,
+    };
+    let data = flat(0x10, false, false, 0);
+    cpu.state.seg = [data, flat(0x08, true, false, 0), data, data, data, data];
+    if long {
+        cpu.state.cr0 |= 1 << 31;
+        cpu.state.cr4 |= 1 << 5;
+        cpu.state.cr3 = PML4 as u64;
+        cpu.state.efer |= (1 << 8) | (1 << 10);
+        cpu.state.seg[1] = flat(0x18, true, true, 0);
+    }
+    cpu
+}
+
+fn run_to_halt(cpu: &mut Cpu, mem: &[AtomicU8], tracker: Option<Arc<CodeTracker>>, budget: u32) {
+    let mut bus = Mem {
+        regions: [RamRegion {
+            start: 0,
+            bytes: mem,
+            writable: true,
+        }],
+        tracker,
+    };
+    for _ in 0..100_000 {
+        match cpu.run(&mut bus, budget, &mut |_| false) {
+            Step::Executed => {}
+            Step::Halted => return,
+            Step::TripleFault => {
+                let at = cpu.state.rip as usize;
+                let bytes: Vec<u8> = mem[at..at + 12]
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
+                panic!(
+                    "triple fault at {:#x}: {:02x?} regs {:x?}",
+                    cpu.state.rip, bytes, cpu.state.gpr
+                )
+            }
+        }
+    }
+    panic!("no HLT (rip {:#x})", cpu.state.rip);
+}
+
+fn memory(code: &[u8], rng: &mut Rng) -> Vec<AtomicU8> {
+    let mem: Vec<AtomicU8> = (0..RAM).map(|_| AtomicU8::new(0)).collect();
+    tables(&mem);
+    for (k, b) in code.iter().enumerate() {
+        mem[CODE as usize + k].store(*b, Ordering::Relaxed);
+    }
+    for k in 0..0x200 {
+        mem[DATA as usize + k].store(rng.next() as u8, Ordering::Relaxed);
+    }
+    mem
+}
+
+fn differential(long: bool, seed: u64, programs: u32, len: usize) {
+    let programs = std::env::var("ENGINE_DIFF_PROGRAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(programs);
+    let mut rng = Rng(seed);
+    for n in 0..programs {
+        let code = program(&mut rng, long, len);
+        let state_seed = rng.next() | 1;
+        let mut reference = cpu(long, &mut Rng(state_seed));
+        let ref_mem = memory(&code, &mut Rng(state_seed));
+        run_to_halt(&mut reference, &ref_mem, None, 64);
+        let want_mem: Vec<u8> = ref_mem.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        for budget in [10_000, 3] {
+            let mut engine = cpu(long, &mut Rng(state_seed));
+            let mem = memory(&code, &mut Rng(state_seed));
+            let tracker = Arc::new(CodeTracker::new(RAM as u64));
+            engine.set_code_tracker(tracker.clone());
+            run_to_halt(&mut engine, &mem, Some(tracker), budget);
+            let what = format!(
+                "program {n} ({}-bit, budget {budget}): {:02x?}",
+                if long { 64 } else { 32 },
+                code
+            );
+            assert_eq!(engine.state.gpr, reference.state.gpr, "registers: {what}");
+            assert_eq!(engine.state.rflags, reference.state.rflags, "flags: {what}");
+            assert_eq!(engine.state.rip, reference.state.rip, "rip: {what}");
+            let got: Vec<u8> = mem.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+            assert!(got == want_mem, "memory: {what}");
+        }
+    }
+}
+
+#[test]
+fn random_programs_in_64_bit_code() {
+    differential(true, 0x9e37_79b9_7f4a_7c15, 400, 48);
+}
+
+#[test]
+fn random_programs_in_32_bit_code() {
+    differential(false, 0xc2b2_ae3d_27d4_eb4f, 400, 48);
+}

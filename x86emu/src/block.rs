@@ -261,6 +261,43 @@ pub(crate) enum Fast {
         dst: Gpr,
         m: MemOp,
     },
+    /// MOVZX, MOVSX (`sign`) and MOVSXD from a register.
+    ExtendRR {
+        dst: Gpr,
+        src: Gpr,
+        sign: bool,
+    },
+    /// SETcc of a byte register.
+    SetccR {
+        cc: ConditionCode,
+        dst: Gpr,
+    },
+    /// NOT of a register.
+    NotR {
+        r: Gpr,
+    },
+    /// NEG of a register.
+    NegR {
+        r: Gpr,
+    },
+    /// NOP in any of its encodings (its memory operand, if any, is not accessed).
+    Nop,
+}
+
+impl Fast {
+    /// True when the instruction may write memory (and so start a new code epoch).
+    #[inline(always)]
+    fn may_write(&self) -> bool {
+        matches!(
+            self,
+            Fast::Generic
+                | Fast::StoreR { .. }
+                | Fast::StoreI { .. }
+                | Fast::AluMR { .. }
+                | Fast::AluMI { .. }
+                | Fast::Push { .. }
+        )
+    }
 }
 
 fn alu_op(m: M) -> Option<AluOp> {
@@ -362,14 +399,44 @@ fn fast_form(i: &Instruction, bits: u32) -> Fast {
             },
             _ => Fast::Generic,
         },
-        M::Movzx | M::Movsx | M::Movsxd => match (reg(0), mem(1)) {
-            (Some(dst), Some(mo)) if mo.size <= dst.size => Fast::Load {
+        M::Movzx | M::Movsx | M::Movsxd => match (reg(0), reg(1), mem(1)) {
+            (Some(dst), None, Some(mo)) if mo.size <= dst.size => Fast::Load {
                 dst,
                 m: mo,
                 sign: m != M::Movzx,
             },
+            (Some(dst), Some(src), None) if src.size <= dst.size => Fast::ExtendRR {
+                dst,
+                src,
+                sign: m != M::Movzx,
+            },
             _ => Fast::Generic,
         },
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => match reg(0) {
+            Some(dst) => Fast::SetccR {
+                cc: i.condition_code(),
+                dst,
+            },
+            None => Fast::Generic,
+        },
+        M::Not if i.op_count() == 1 => reg(0).map_or(Fast::Generic, |r| Fast::NotR { r }),
+        M::Neg if i.op_count() == 1 => reg(0).map_or(Fast::Generic, |r| Fast::NegR { r }),
+        M::Nop => Fast::Nop,
         M::Lea => match (reg(0), MemOp::address(i, bits, 0)) {
             (Some(dst), Some(mo)) if dst.size >= 2 => Fast::Lea { dst, m: mo },
             _ => Fast::Generic,
@@ -913,6 +980,10 @@ impl Cpu {
 
     /// Executes a block from its first instruction; returns how many instructions completed
     /// and why it stopped.
+    ///
+    /// Fast forms do not look at `state.rip` (their addresses and branch targets are
+    /// pre-decoded), so RIP is carried in a local and written back before anything else runs:
+    /// a generic instruction, a fault's delivery, the end of the block.
     #[inline(always)]
     fn run_block(
         &mut self,
@@ -923,48 +994,62 @@ impl Cpu {
         lz: &mut Lazy,
     ) -> (u32, BlockExit) {
         let mut done = 0;
+        let mut rip = self.state.rip;
         for d in insns {
-            self.insn_start = self.state.rip;
-            let r = match d.fast {
+            let r = match &d.fast {
                 Fast::Generic => {
                     self.settle(lz);
+                    self.state.rip = rip;
+                    self.insn_start = rip;
                     self.new_shadow = false;
-                    self.execute(&d.insn, bus)
+                    self.execute(&d.insn, bus).map(|()| self.state.rip)
                 }
                 f => self.exec_fast(f, d.next, lz, bus),
             };
-            if let Err(f) = r {
-                self.settle(lz);
-                self.state.rip = self.insn_start;
-                // As in `step`: a shadow the faulting instruction set still applies.
-                if self.new_shadow {
-                    self.state.interrupt_shadow = true;
+            let next = match r {
+                Ok(next) => next,
+                Err(f) => {
+                    self.settle(lz);
+                    self.state.rip = rip;
+                    self.insn_start = rip;
+                    // As in `step`: a shadow the faulting instruction set still applies.
+                    if self.new_shadow {
+                        self.state.interrupt_shadow = true;
+                    }
+                    if f.vector == RETRY {
+                        // Another processor changed the locked operand: run the instruction again.
+                        return (done, BlockExit::Check);
+                    }
+                    if f.vector == 6 {
+                        tracing::debug!(
+                            rip = format_args!("{:#x}", rip),
+                            code = ?d.insn.code(),
+                            "#UD"
+                        );
+                    }
+                    return match self.raise(f, bus) {
+                        Step::TripleFault => (done, BlockExit::TripleFault),
+                        _ => (done + 1, BlockExit::Check),
+                    };
                 }
-                if f.vector == RETRY {
-                    // Another processor changed the locked operand: run the instruction again.
-                    return (done, BlockExit::Check);
-                }
-                if f.vector == 6 {
-                    tracing::debug!(
-                        rip = format_args!("{:#x}", self.insn_start),
-                        code = ?d.insn.code(),
-                        "#UD"
-                    );
-                }
-                return match self.raise(f, bus) {
-                    Step::TripleFault => (done, BlockExit::TripleFault),
-                    _ => (done + 1, BlockExit::Check),
-                };
-            }
+            };
+            rip = next;
             done += 1;
             match d.flow {
                 Flow::Next => {
-                    if self.state.rip != d.next || tracker.epoch() != epoch {
+                    // Only an instruction that writes memory can start a new code epoch
+                    // itself; another processor's write is seen at the next store or block.
+                    if rip != d.next || (d.fast.may_write() && tracker.epoch() != epoch) {
+                        self.state.rip = rip;
                         return (done, BlockExit::Continue);
                     }
                 }
-                Flow::End => return (done, BlockExit::Continue),
+                Flow::End => {
+                    self.state.rip = rip;
+                    return (done, BlockExit::Continue);
+                }
                 Flow::Exit => {
+                    self.state.rip = rip;
                     self.settle(lz);
                     // Blocks start only outside an interrupt shadow (see `run`).
                     if self.new_shadow {
@@ -977,6 +1062,7 @@ impl Cpu {
                 }
             }
         }
+        self.state.rip = rip;
         (done, BlockExit::Continue)
     }
 
@@ -1169,10 +1255,11 @@ impl Cpu {
     }
 
     /// Executes a pre-decoded fast form; `next` is the address of the following instruction.
+    /// Returns the new RIP (left for the caller to store).
     #[inline(always)]
-    fn exec_fast(&mut self, f: Fast, next: u64, lz: &mut Lazy, bus: &mut dyn Bus) -> R<()> {
+    fn exec_fast(&mut self, f: &Fast, next: u64, lz: &mut Lazy, bus: &mut dyn Bus) -> R<u64> {
         let mut rip = next;
-        match f {
+        match *f {
             Fast::Generic => unreachable!("generic instructions run through execute"),
             Fast::AluRR { op, dst, src } => {
                 let (a, b) = (self.gpr_get(dst), self.gpr_get(src));
@@ -1277,9 +1364,33 @@ impl Cpu {
                 let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 self.imul_fast(lz, dst, b);
             }
+            Fast::ExtendRR { dst, src, sign } => {
+                let v = self.gpr_get(src);
+                let v = if sign {
+                    alu::sign_extend(v, src.bits())
+                } else {
+                    v
+                };
+                self.gpr_set(dst, v);
+            }
+            Fast::SetccR { cc, dst } => {
+                let v = u64::from(self.cond_lazy(lz, cc));
+                self.gpr_set(dst, v);
+            }
+            Fast::NotR { r } => {
+                let v = !self.gpr_get(r);
+                self.gpr_set(r, v);
+            }
+            Fast::NegR { r } => {
+                // NEG sets the flags exactly as SUB from zero does.
+                let bits = r.bits();
+                let b = self.gpr_get(r);
+                *lz = Lazy::new(LazyOp::Sub, bits, 0, b);
+                self.gpr_set(r, 0u64.wrapping_sub(b) & alu::mask(bits));
+            }
+            Fast::Nop => {}
         }
-        self.state.rip = rip;
-        Ok(())
+        Ok(rip)
     }
 
     /// A read-modify-write ALU operation on memory: the flags are recorded only once the

@@ -305,8 +305,12 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
                 v
             }
         }
-        // CLC/STC/CMC.
-        _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
+        // CLC/STC/CMC, and NOP (one byte, or 0F 1F /0 with a register or memory operand).
+        _ => match rng.below(4) {
+            0 => vec![0x90],
+            1 => enc(rng, 0, rm, &[0x0f, 0x1f]),
+            _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
+        },
     }
 }
 

@@ -21,18 +21,22 @@
 use crate::alu::{self, Shift, CF, STATUS, ZF};
 use crate::cache::{Block, BlockCache, Decoded, Flow, BLOCK_MAX};
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
-use crate::mmu::Access;
+use crate::mmu::{Access, DataView};
 use crate::state::seg;
 use iced_x86::{
     ConditionCode, Decoder, DecoderOptions, Instruction, Mnemonic as M, OpKind, Register,
 };
 
-/// A general register operand: index into `gpr`, width in bytes, and AH..BH.
+/// A general register operand: index into `gpr`, width in bytes, and where the operand sits
+/// in the 64-bit register (shift, value mask, and the bits a write keeps: a 32-bit write
+/// clears the upper half).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gpr {
     idx: u8,
     size: u8,
-    high: bool,
+    shift: u8,
+    mask: u64,
+    keep: u64,
 }
 
 impl Gpr {
@@ -41,10 +45,19 @@ impl Gpr {
         if !full.is_gpr64() {
             return None;
         }
+        let high = matches!(r, Register::AH | Register::CH | Register::DH | Register::BH);
+        let size = r.size() as u8;
+        let mask = alu::mask(u32::from(size) * 8);
         Some(Self {
             idx: (full as usize - Register::RAX as usize) as u8,
-            size: r.size() as u8,
-            high: matches!(r, Register::AH | Register::CH | Register::DH | Register::BH),
+            size,
+            shift: if high { 8 } else { 0 },
+            mask,
+            keep: match size {
+                1 if high => !0xff00,
+                1 | 2 => !mask,
+                _ => 0,
+            },
         })
     }
 
@@ -286,7 +299,6 @@ pub(crate) enum Fast {
 
 impl Fast {
     /// True when the instruction may write memory (and so start a new code epoch).
-    #[inline(always)]
     fn may_write(&self) -> bool {
         matches!(
             self,
@@ -796,6 +808,8 @@ impl Cpu {
         stop: &mut dyn FnMut(&Cpu) -> bool,
     ) -> Step {
         let mut unchecked = 0u32;
+        // Valid together with `ctx` (recomputed whenever a block is looked up the full way).
+        let mut view = self.data_view();
         while *left > 0 {
             if self.state.wait_for_sipi || self.state.halted {
                 return Step::Halted;
@@ -809,6 +823,7 @@ impl Cpu {
                 match self.block_for_rip(bus, epoch) {
                     Some((i, c)) => {
                         *ctx = c;
+                        view = self.data_view();
                         Some(i)
                     }
                     None => None,
@@ -831,7 +846,7 @@ impl Cpu {
                 continue;
             };
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
-            let (done, exit) = self.run_block(&insns, bus, tracker, epoch, lz);
+            let (done, exit) = self.run_block(&insns, &view, bus, tracker, epoch, lz);
             self.blocks.blocks[idx].insns = insns;
             *left -= i64::from(done);
             unchecked += done;
@@ -958,11 +973,13 @@ impl Cpu {
                     break;
                 }
                 let flow = flow_of(&insn);
+                let fast = fast_form(&insn, bits);
                 insns.push(Decoded {
                     insn,
                     next: insn.next_ip(),
                     flow,
-                    fast: fast_form(&insn, bits),
+                    fast,
+                    writes: fast.may_write(),
                 });
                 bytes_len = insn.next_ip() - ip;
                 if flow != Flow::Next {
@@ -988,6 +1005,7 @@ impl Cpu {
     fn run_block(
         &mut self,
         insns: &[Decoded],
+        view: &DataView,
         bus: &mut dyn Bus,
         tracker: &crate::cache::CodeTracker,
         epoch: u64,
@@ -996,16 +1014,7 @@ impl Cpu {
         let mut done = 0;
         let mut rip = self.state.rip;
         for d in insns {
-            let r = match &d.fast {
-                Fast::Generic => {
-                    self.settle(lz);
-                    self.state.rip = rip;
-                    self.insn_start = rip;
-                    self.new_shadow = false;
-                    self.execute(&d.insn, bus).map(|()| self.state.rip)
-                }
-                f => self.exec_fast(f, d.next, lz, bus),
-            };
+            let r = self.exec_decoded(d, rip, view, lz, bus);
             let next = match r {
                 Ok(next) => next,
                 Err(f) => {
@@ -1039,7 +1048,7 @@ impl Cpu {
                 Flow::Next => {
                     // Only an instruction that writes memory can start a new code epoch
                     // itself; another processor's write is seen at the next store or block.
-                    if rip != d.next || (d.fast.may_write() && tracker.epoch() != epoch) {
+                    if rip != d.next || (d.writes && tracker.epoch() != epoch) {
                         self.state.rip = rip;
                         return (done, BlockExit::Continue);
                     }
@@ -1066,28 +1075,15 @@ impl Cpu {
         (done, BlockExit::Continue)
     }
 
-    #[inline]
+    #[inline(always)]
     fn gpr_get(&self, g: Gpr) -> u64 {
-        let v = self.state.gpr[g.idx as usize];
-        match g.size {
-            1 if g.high => (v >> 8) & 0xff,
-            1 => v & 0xff,
-            2 => v & 0xffff,
-            4 => v & 0xffff_ffff,
-            _ => v,
-        }
+        (self.state.gpr[usize::from(g.idx & 15)] >> g.shift) & g.mask
     }
 
-    #[inline]
+    #[inline(always)]
     fn gpr_set(&mut self, g: Gpr, value: u64) {
-        let slot = &mut self.state.gpr[g.idx as usize];
-        *slot = match g.size {
-            1 if g.high => (*slot & !0xff00) | ((value & 0xff) << 8),
-            1 => (*slot & !0xff) | (value & 0xff),
-            2 => (*slot & !0xffff) | (value & 0xffff),
-            4 => value & 0xffff_ffff,
-            _ => value,
-        };
+        let slot = &mut self.state.gpr[usize::from(g.idx & 15)];
+        *slot = (*slot & g.keep) | ((value & g.mask) << g.shift);
     }
 
     /// A two-operand ALU operation: records its status flags in `lz` (ADC and SBB, which read
@@ -1162,6 +1158,7 @@ impl Cpu {
             LazyOp::Logic => alu::logic(bits, lz.a),
             LazyOp::Inc => alu::inc(bits, lz.a, lz.b * CF).1,
             LazyOp::Dec => alu::dec(bits, lz.a, lz.b * CF).1,
+            LazyOp::Shl | LazyOp::Shr | LazyOp::Sar => self.lazy_shift_flags(lz),
         };
         self.set_flags(STATUS, f);
         *lz = Lazy::NONE;
@@ -1176,7 +1173,18 @@ impl Cpu {
             LazyOp::Sub => lz.a < lz.b,
             LazyOp::Logic => false,
             LazyOp::Inc | LazyOp::Dec => lz.b != 0,
+            LazyOp::Shl | LazyOp::Shr | LazyOp::Sar => self.lazy_shift_flags(lz) & CF != 0,
         }
+    }
+
+    /// The status flags of a pending shift (a non-zero count writes all of them).
+    fn lazy_shift_flags(&self, lz: &Lazy) -> u64 {
+        let op = match lz.op {
+            LazyOp::Shl => Shift::Shl,
+            LazyOp::Shr => Shift::Shr,
+            _ => Shift::Sar,
+        };
+        alu::shift(op, u32::from(lz.bits), lz.a, lz.b as u8, 0).1
     }
 
     /// Evaluates a condition against the flags recorded in `lz` without writing them where
@@ -1222,6 +1230,7 @@ impl Cpu {
                     _ => {}
                 }
             }
+            LazyOp::Shl | LazyOp::Shr | LazyOp::Sar => {}
             LazyOp::Add | LazyOp::Inc | LazyOp::Dec => {
                 let r = match lz.op {
                     LazyOp::Add => lz.a.wrapping_add(lz.b),
@@ -1254,13 +1263,28 @@ impl Cpu {
         a & m.amask
     }
 
-    /// Executes a pre-decoded fast form; `next` is the address of the following instruction.
-    /// Returns the new RIP (left for the caller to store).
+    /// Executes one instruction of a block that starts at `ip`: a fast form from its
+    /// pre-decoded operands, anything else through `execute` (with RIP and the flags
+    /// written back first). Returns the new RIP (left for the caller to store).
     #[inline(always)]
-    fn exec_fast(&mut self, f: &Fast, next: u64, lz: &mut Lazy, bus: &mut dyn Bus) -> R<u64> {
-        let mut rip = next;
-        match *f {
-            Fast::Generic => unreachable!("generic instructions run through execute"),
+    fn exec_decoded(
+        &mut self,
+        d: &Decoded,
+        ip: u64,
+        view: &DataView,
+        lz: &mut Lazy,
+        bus: &mut dyn Bus,
+    ) -> R<u64> {
+        let mut rip = d.next;
+        match d.fast {
+            Fast::Generic => {
+                self.settle(lz);
+                self.state.rip = ip;
+                self.insn_start = ip;
+                self.new_shadow = false;
+                self.execute(&d.insn, bus)?;
+                rip = self.state.rip;
+            }
             Fast::AluRR { op, dst, src } => {
                 let (a, b) = (self.gpr_get(dst), self.gpr_get(src));
                 if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
@@ -1274,7 +1298,8 @@ impl Cpu {
                 }
             }
             Fast::AluRM { op, dst, m } => {
-                let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let b =
+                    self.read_direct(view, m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 let a = self.gpr_get(dst);
                 if let Some(r) = self.alu_fast(lz, op, dst.bits(), a, b) {
                     self.gpr_set(dst, r);
@@ -1282,17 +1307,18 @@ impl Cpu {
             }
             Fast::AluMR { op, m, src } => {
                 let ea = self.ea_fast(m);
-                let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
+                let a = self.read_direct(view, m.seg as usize, ea, m.size as usize, bus)?;
                 let b = self.gpr_get(src);
-                self.alu_mem(lz, op, m, ea, a, b, bus)?;
+                self.alu_mem(view, lz, op, m, ea, a, b, bus)?;
             }
             Fast::AluMI { op, m, imm } => {
                 let ea = self.ea_fast(m);
-                let a = self.read_val(m.seg as usize, ea, m.size as usize, bus)?;
-                self.alu_mem(lz, op, m, ea, a, imm, bus)?;
+                let a = self.read_direct(view, m.seg as usize, ea, m.size as usize, bus)?;
+                self.alu_mem(view, lz, op, m, ea, a, imm, bus)?;
             }
             Fast::Load { dst, m, sign } => {
-                let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let v =
+                    self.read_direct(view, m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 let v = if sign {
                     alu::sign_extend(v, u32::from(m.size) * 8)
                 } else {
@@ -1302,10 +1328,24 @@ impl Cpu {
             }
             Fast::StoreR { m, src } => {
                 let v = self.gpr_get(src);
-                self.write_val(m.seg as usize, self.ea_fast(m), m.size as usize, v, bus)?;
+                self.write_direct(
+                    view,
+                    m.seg as usize,
+                    self.ea_fast(m),
+                    m.size as usize,
+                    v,
+                    bus,
+                )?;
             }
             Fast::StoreI { m, imm } => {
-                self.write_val(m.seg as usize, self.ea_fast(m), m.size as usize, imm, bus)?;
+                self.write_direct(
+                    view,
+                    m.seg as usize,
+                    self.ea_fast(m),
+                    m.size as usize,
+                    imm,
+                    bus,
+                )?;
             }
             Fast::Lea { dst, m } => {
                 let v = self.ea_fast(m);
@@ -1313,10 +1353,17 @@ impl Cpu {
             }
             Fast::Push { src } => {
                 let v = self.gpr_get(src);
-                self.push(src.size as usize, v, bus)?;
+                let (mask, size) = (view.stack_mask, src.size as usize);
+                let rsp = self.state.gpr[4];
+                let top = rsp.wrapping_sub(size as u64) & mask;
+                self.write_direct(view, seg::SS, top, size, v, bus)?;
+                self.state.gpr[4] = (rsp & !mask) | top;
             }
             Fast::Pop { dst } => {
-                let v = self.pop(dst.size as usize, bus)?;
+                let (mask, size) = (view.stack_mask, dst.size as usize);
+                let rsp = self.state.gpr[4];
+                let v = self.read_direct(view, seg::SS, rsp & mask, size, bus)?;
+                self.state.gpr[4] = (rsp & !mask) | (rsp.wrapping_add(size as u64) & mask);
                 self.gpr_set(dst, v);
             }
             Fast::IncDec { inc, r } => {
@@ -1348,7 +1395,8 @@ impl Cpu {
                 self.cmov(lz, cc, dst, v);
             }
             Fast::CmovRM { cc, dst, m } => {
-                let v = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let v =
+                    self.read_direct(view, m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 self.cmov(lz, cc, dst, v);
             }
             Fast::ShiftRI { op, r, count } => self.shift_fast(lz, op, r, count),
@@ -1361,7 +1409,8 @@ impl Cpu {
                 self.imul_fast(lz, dst, b);
             }
             Fast::ImulRM { dst, m } => {
-                let b = self.read_val(m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
+                let b =
+                    self.read_direct(view, m.seg as usize, self.ea_fast(m), m.size as usize, bus)?;
                 self.imul_fast(lz, dst, b);
             }
             Fast::ExtendRR { dst, src, sign } => {
@@ -1399,6 +1448,7 @@ impl Cpu {
     #[inline(always)]
     fn alu_mem(
         &mut self,
+        view: &DataView,
         lz: &mut Lazy,
         op: AluOp,
         m: MemOp,
@@ -1410,7 +1460,7 @@ impl Cpu {
         let saved = *lz;
         let flags = self.state.rflags;
         if let Some(r) = self.alu_fast(lz, op, u32::from(m.size) * 8, a, b) {
-            if let Err(e) = self.write_val(m.seg as usize, ea, m.size as usize, r, bus) {
+            if let Err(e) = self.write_direct(view, m.seg as usize, ea, m.size as usize, r, bus) {
                 *lz = saved;
                 self.state.rflags = flags;
                 return Err(e);
@@ -1431,9 +1481,35 @@ impl Cpu {
     }
 
     /// A shift or rotate of a register (as the generic path: the result is written even for
-    /// a zero count, which leaves the flags).
+    /// a zero count, which leaves the flags). SHL/SHR/SAR by a non-zero count defer their
+    /// flags, which they write in full.
     #[inline(always)]
     fn shift_fast(&mut self, lz: &mut Lazy, op: Shift, r: Gpr, count: u8) {
+        let bits = r.bits();
+        let c = count & if bits == 64 { 0x3f } else { 0x1f };
+        if c != 0 {
+            let a = self.gpr_get(r);
+            let m = alu::mask(bits);
+            // c < 64, and narrower values shift out through the mask.
+            let (v, lop) = match op {
+                Shift::Shl | Shift::Sal => ((a << c) & m, LazyOp::Shl),
+                Shift::Shr => (a >> c, LazyOp::Shr),
+                Shift::Sar => (
+                    ((alu::sign_extend(a, bits) as i64) >> c) as u64 & m,
+                    LazyOp::Sar,
+                ),
+                _ => return self.shift_settled(lz, op, r, count),
+            };
+            *lz = Lazy::new(lop, bits, a, u64::from(c));
+            self.gpr_set(r, v);
+            return;
+        }
+        self.shift_settled(lz, op, r, count);
+    }
+
+    /// A shift or rotate through `alu::shift` with the flags settled first.
+    #[inline(always)]
+    fn shift_settled(&mut self, lz: &mut Lazy, op: Shift, r: Gpr, count: u8) {
         self.settle(lz);
         let a = self.gpr_get(r);
         let (v, f) = alu::shift(op, r.bits(), a, count, self.state.rflags);
@@ -1517,6 +1593,12 @@ enum LazyOp {
     Inc,
     /// DEC of `a`; `b` is the CF it keeps (0 or 1).
     Dec,
+    /// SHL/SAL of `a` by `b` (masked, not zero).
+    Shl,
+    /// SHR of `a` by `b` (masked, not zero).
+    Shr,
+    /// SAR of `a` by `b` (masked, not zero).
+    Sar,
 }
 
 /// Status flags of the last ALU fast form, kept as its operands until something reads them.

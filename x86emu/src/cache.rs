@@ -133,6 +133,40 @@ pub(crate) struct TlbEntry {
     pub(crate) exec: bool,
 }
 
+const RAM_ENTRIES: usize = 512;
+
+/// Where a linear page lies in directly accessible RAM ([`Bus::ram`](crate::Bus::ram)), for
+/// data accesses whose segment needs no checks (see `DataView` in the block engine). Filled
+/// after a translation succeeded, cleared whenever the TLB is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RamEntry {
+    /// The [`ram_key`] reads are allowed for (0: none).
+    pub(crate) read: u64,
+    /// The [`ram_key`] writes are allowed for (0: none).
+    pub(crate) write: u64,
+    /// Index of the region in `Bus::ram`, and its guest-physical start (checked on use, so a
+    /// changed region list never reaches the wrong memory).
+    pub(crate) region: usize,
+    pub(crate) start: u64,
+    /// Offset of the page in the region's bytes.
+    pub(crate) offset: usize,
+}
+
+const RAM_EMPTY: RamEntry = RamEntry {
+    read: 0,
+    write: 0,
+    region: 0,
+    start: 0,
+    offset: 0,
+};
+
+/// The key of a RAM entry: the linear page, whether paging is on and whether the access is a
+/// user one (the permissions the translation checked), and a valid bit.
+#[inline(always)]
+pub(crate) fn ram_key(lin: u64, paging: bool, user: bool) -> u64 {
+    (lin >> 12 << 3) | (u64::from(paging) << 2) | (u64::from(user) << 1) | 1
+}
+
 /// Direct-mapped TLB. A full flush starts a new generation instead of touching every entry.
 pub(crate) struct Tlb {
     entries: Vec<TlbEntry>,
@@ -140,6 +174,8 @@ pub(crate) struct Tlb {
     /// Some entry of this generation came from a large page (INVLPG then flushes everything,
     /// since entries are kept per 4 KiB).
     large: bool,
+    /// Linear pages → RAM for the block engine's data accesses; flushed with the TLB.
+    ram: Box<[RamEntry; RAM_ENTRIES]>,
 }
 
 impl Tlb {
@@ -159,7 +195,37 @@ impl Tlb {
             ],
             gen: 1,
             large: false,
+            ram: Box::new([RAM_EMPTY; RAM_ENTRIES]),
         }
+    }
+
+    /// The RAM entry slot of `lin`'s page.
+    #[inline(always)]
+    pub(crate) fn ram_entry(&self, lin: u64) -> &RamEntry {
+        &self.ram[((lin >> 12) as usize) & (RAM_ENTRIES - 1)]
+    }
+
+    /// Records that `key`'s page lies at `offset` in RAM region `region` (starting at
+    /// `start`) and may be read, and written when `write`. A write fill keeps nothing else;
+    /// a read fill keeps the write permission of the same page and place.
+    pub(crate) fn ram_insert(
+        &mut self,
+        key: u64,
+        region: usize,
+        start: u64,
+        offset: usize,
+        write: bool,
+    ) {
+        let e = &mut self.ram[((key >> 3) as usize) & (RAM_ENTRIES - 1)];
+        let writable = write
+            || (e.write == key && e.region == region && e.start == start && e.offset == offset);
+        *e = RamEntry {
+            read: key,
+            write: if writable { key } else { 0 },
+            region,
+            start,
+            offset,
+        };
     }
 
     #[inline]
@@ -182,6 +248,7 @@ impl Tlb {
     pub(crate) fn flush(&mut self) {
         self.gen += 1;
         self.large = false;
+        self.ram.fill(RAM_EMPTY);
     }
 
     pub(crate) fn flush_page(&mut self, lin: u64) {
@@ -194,6 +261,7 @@ impl Tlb {
         if e.key == page + 1 {
             e.key = 0;
         }
+        self.ram[(page as usize) & (RAM_ENTRIES - 1)] = RAM_EMPTY;
     }
 }
 
@@ -222,6 +290,8 @@ pub(crate) struct Decoded {
     pub(crate) next: u64,
     pub(crate) flow: Flow,
     pub(crate) fast: crate::block::Fast,
+    /// The instruction may write memory (and so start a new code epoch).
+    pub(crate) writes: bool,
 }
 
 /// A run of instructions decoded from one physical page.

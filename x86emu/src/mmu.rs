@@ -486,7 +486,9 @@ impl Cpu {
             let user = self.state.cpl() == 3;
             let phys = self.translate(lin, Access::Read, user, bus)?;
             if let Some(m) = ram_slice(bus.ram(), phys, size, false) {
-                return Ok(load(m));
+                let v = load(m);
+                self.ram_fill(lin, phys, user, false, bus);
+                return Ok(v);
             }
             let mut b = [0u8; 8];
             bus.read(phys, &mut b[..size]);
@@ -528,9 +530,138 @@ impl Cpu {
             let user = self.state.cpl() == 3;
             let phys = self.translate(lin, Access::Write, user, bus)?;
             self.phys_write_val(phys, size, v, bus);
+            if self.code.is_some() {
+                self.ram_fill(lin, phys, user, true, bus);
+            }
             return Ok(());
         }
         self.write_linear(lin, &v.to_le_bytes()[..size], bus)
+    }
+
+    /// Records where the page of a data access that just succeeded lies in direct RAM, for
+    /// [`Cpu::ram_direct`]. Writes are recorded only for writable RAM.
+    fn ram_fill(&mut self, lin: u64, phys: u64, user: bool, write: bool, bus: &mut dyn Bus) {
+        let page = phys & !0xfff;
+        let Some((region, r)) = bus.ram().iter().enumerate().find(|(_, r)| {
+            page.checked_sub(r.start)
+                .and_then(|off| off.checked_add(0x1000))
+                .is_some_and(|end| end <= r.bytes.len() as u64)
+        }) else {
+            return;
+        };
+        if write && !r.writable {
+            return;
+        }
+        let (start, offset) = (r.start, (page - r.start) as usize);
+        let key = crate::cache::ram_key(lin, self.state.cr0 & cr::PG != 0, user);
+        self.tlb.ram_insert(key, region, start, offset, write);
+    }
+
+    /// The data view of the current mode: which segments need no checks for RAM accesses
+    /// within one page (see [`DataView`]).
+    pub(crate) fn data_view(&self) -> DataView {
+        let s = &self.state;
+        let mut v = DataView {
+            base: [0; 6],
+            read: 0,
+            write: 0,
+            high: 0,
+            key: crate::cache::ram_key(0, s.cr0 & cr::PG != 0, s.cpl() == 3),
+            stack_mask: self.stack_mask(),
+        };
+        if s.code64() {
+            v.base[seg::FS] = s.seg[seg::FS].base;
+            v.base[seg::GS] = s.seg[seg::GS].base;
+            v.read = 0x3f;
+            v.write = 0x3f;
+        } else if s.cr0 & cr::PE != 0 && s.rflags & flags::VM == 0 {
+            v.high = !0xffff_ffff;
+            for (k, sg) in s.seg.iter().enumerate() {
+                let flat = sg.base == 0
+                    && sg.limit == u32::MAX
+                    && sg.present
+                    && !sg.unusable
+                    && sg.type_ & 0xc == 0;
+                if flat {
+                    v.read |= 1 << k;
+                    if sg.type_ & 2 != 0 {
+                        v.write |= 1 << k;
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// The RAM of a `size`-byte data access at `offset` in segment `segi`, and its physical
+    /// address, when the view lets it skip the segment checks, it lies in one page and the
+    /// page's RAM entry allows it. `None` sends the access to the full path.
+    #[inline(always)]
+    pub(crate) fn ram_direct<'b>(
+        &self,
+        v: &DataView,
+        regions: &'b [RamRegion<'b>],
+        segi: usize,
+        offset: u64,
+        size: usize,
+        write: bool,
+    ) -> Option<(&'b [AtomicU8], u64)> {
+        let allowed = if write { v.write } else { v.read };
+        if allowed & (1 << segi) == 0 {
+            return None;
+        }
+        let lin = v.base[segi].wrapping_add(offset);
+        if lin & v.high != 0 || (lin & 0xfff) as usize + size > 0x1000 {
+            return None;
+        }
+        let e = self.tlb.ram_entry(lin);
+        let key = (lin >> 12 << 3) | v.key;
+        if (if write { e.write } else { e.read }) != key {
+            return None;
+        }
+        let r = regions.get(e.region)?;
+        if r.start != e.start || (write && !r.writable) {
+            return None;
+        }
+        let off = e.offset + (lin & 0xfff) as usize;
+        Some((r.bytes.get(off..off + size)?, e.start + off as u64))
+    }
+
+    /// Reads a little-endian value through a segment, directly from RAM when the view allows.
+    #[inline(always)]
+    pub(crate) fn read_direct(
+        &mut self,
+        v: &DataView,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        bus: &mut dyn Bus,
+    ) -> R<u64> {
+        if let Some((m, _)) = self.ram_direct(v, bus.ram(), segi, offset, size, false) {
+            return Ok(load(m));
+        }
+        self.read_val_full(segi, offset, size, bus)
+    }
+
+    /// Writes a little-endian value through a segment, directly to RAM when the view allows.
+    #[inline(always)]
+    pub(crate) fn write_direct(
+        &mut self,
+        v: &DataView,
+        segi: usize,
+        offset: u64,
+        size: usize,
+        value: u64,
+        bus: &mut dyn Bus,
+    ) -> R<()> {
+        if let Some(t) = &self.code {
+            if let Some((m, phys)) = self.ram_direct(v, bus.ram(), segi, offset, size, true) {
+                store(m, value);
+                t.note_write(phys, size);
+                return Ok(());
+            }
+        }
+        self.write_val_full(segi, offset, size, value, bus)
     }
 
     /// Reads a value at a linear address with supervisor rights (descriptor tables, TSS).
@@ -577,4 +708,25 @@ pub(crate) fn phys_read(phys: u64, buf: &mut [u8], bus: &mut dyn Bus) {
 pub fn canonical(a: u64) -> bool {
     let top = (a as i64) >> 47;
     top == 0 || top == -1
+}
+
+/// How data accesses through each segment reach RAM without segment checks, fixed while the
+/// segment registers, the mode and the CPL are (the block engine computes it when it looks up
+/// a block the full way, and keeps it while only block-continuing instructions run).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DataView {
+    /// Base added to the offset, per segment (FS and GS in 64-bit mode; 0 otherwise).
+    base: [u64; 6],
+    /// Segments (a bit per index) whose reads need no checks: all in 64-bit mode, flat
+    /// expand-up data segments in protected mode.
+    read: u8,
+    /// The same for writes (flat writable data segments).
+    write: u8,
+    /// Linear address bits that send an access the full way (above 4 GiB outside 64-bit
+    /// mode; non-canonical 64-bit addresses never match a RAM entry).
+    high: u64,
+    /// The RAM entry key bits of the mode (paging, user), with the valid bit.
+    key: u64,
+    /// Mask of the stack pointer (by the stack size).
+    pub(crate) stack_mask: u64,
 }

@@ -465,3 +465,72 @@ fn rep_movs_and_stos_in_ram_match_the_element_loop() {
         assert!(got.2 == want.2, "{what}: memory");
     }
 }
+
+#[test]
+fn direct_ram_entries_follow_invlpg_and_cr3_loads() {
+    // 32-bit paging: linear 0..0x4000 identity, linear 0x8000 → 0x4000, then 0x5000.
+    let code: &[u8] = &[
+        0x8b, 0x05, 0x00, 0x80, 0x00, 0x00, // mov eax, [0x8000]
+        0x8b, 0x0d, 0x00, 0x80, 0x00, 0x00, // mov ecx, [0x8000]
+        0x89, 0x05, 0x04, 0x80, 0x00, 0x00, // mov [0x8004], eax
+        0xc7, 0x05, 0x20, 0x30, 0x00, 0x00, 0x03, 0x50, 0x00, 0x00, // PTE 8 := 0x5003
+        0x0f, 0x01, 0x3d, 0x00, 0x80, 0x00, 0x00, // invlpg [0x8000]
+        0x8b, 0x35, 0x00, 0x80, 0x00, 0x00, // mov esi, [0x8000]
+        0xc7, 0x05, 0x08, 0x80, 0x00, 0x00, 0x33, 0x33, 0x33, 0x33, // mov dword [0x8008], ..
+        0xc7, 0x05, 0x20, 0x30, 0x00, 0x00, 0x03, 0x40, 0x00, 0x00, // PTE 8 := 0x4003
+        0x0f, 0x20, 0xdb, // mov ebx, cr3
+        0x0f, 0x22, 0xdb, // mov cr3, ebx
+        0x8b, 0x3d, 0x00, 0x80, 0x00, 0x00, // mov edi, [0x8000]
+        0xf4, // hlt
+    ];
+    let setup = || {
+        let mem: Vec<AtomicU8> = (0..0x6000).map(|_| AtomicU8::new(0)).collect();
+        put(&mem, 0x1000, code);
+        put(&mem, 0x2000, &0x3003u32.to_le_bytes());
+        for page in 0..4u32 {
+            put(
+                &mem,
+                0x3000 + page as usize * 4,
+                &(page << 12 | 3).to_le_bytes(),
+            );
+        }
+        put(&mem, 0x3020, &0x4003u32.to_le_bytes());
+        put(&mem, 0x4000, &0x1111_1111u32.to_le_bytes());
+        put(&mem, 0x5000, &0x2222_2222u32.to_le_bytes());
+        mem
+    };
+    let cpu = || {
+        let mut cpu = protected_cpu(u32::MAX, 3);
+        cpu.state.cr3 = 0x2000;
+        cpu.state.cr0 |= 1 << 31;
+        cpu
+    };
+    let mem = setup();
+    let mut reference = cpu();
+    assert_eq!(run(&mut reference, &mem, None, 64), Step::Halted);
+    for budget in [1000, 1] {
+        let mem2 = setup();
+        let tracker = Arc::new(CodeTracker::new(0x6000));
+        let mut engine = cpu();
+        engine.set_code_tracker(tracker.clone());
+        assert_eq!(run(&mut engine, &mem2, Some(tracker), budget), Step::Halted);
+        let g = engine.state.gpr;
+        assert_eq!((g[0], g[1]), (0x1111_1111, 0x1111_1111), "budget {budget}");
+        assert_eq!(g[6], 0x2222_2222, "after INVLPG (budget {budget})");
+        assert_eq!(g[7], 0x1111_1111, "after the CR3 load (budget {budget})");
+        let at = |a: usize| u32::from_le_bytes(dump(&mem2)[a..a + 4].try_into().unwrap());
+        assert_eq!(at(0x4004), 0x1111_1111, "budget {budget}");
+        assert_eq!(
+            at(0x5008),
+            0x3333_3333,
+            "write after INVLPG (budget {budget})"
+        );
+        assert_eq!(
+            at(0x4008),
+            0,
+            "no write through the old mapping (budget {budget})"
+        );
+        assert_eq!(engine.state, reference.state, "budget {budget}");
+        assert!(dump(&mem2) == dump(&mem), "memory (budget {budget})");
+    }
+}

@@ -972,17 +972,22 @@ impl Cpu {
                 if insn.next_ip() != end || (bits != 64 && end >= ip_limit) {
                     break;
                 }
-                let flow = flow_of(&insn);
                 let fast = fast_form(&insn, bits);
+                let flow = match flow_of(&insn) {
+                    Flow::Next if fast.may_write() => Flow::NextAfterStore,
+                    Flow::Next if !matches!(fast, Fast::Generic | Fast::Jcc { .. }) => {
+                        Flow::Straight
+                    }
+                    f => f,
+                };
                 insns.push(Decoded {
                     insn,
                     next: insn.next_ip(),
                     flow,
                     fast,
-                    writes: fast.may_write(),
                 });
                 bytes_len = insn.next_ip() - ip;
-                if flow != Flow::Next {
+                if matches!(flow, Flow::End | Flow::Exit) {
                     break;
                 }
             }
@@ -1045,10 +1050,17 @@ impl Cpu {
             rip = next;
             done += 1;
             match d.flow {
+                Flow::Straight => {}
                 Flow::Next => {
+                    if rip != d.next {
+                        self.state.rip = rip;
+                        return (done, BlockExit::Continue);
+                    }
+                }
+                Flow::NextAfterStore => {
                     // Only an instruction that writes memory can start a new code epoch
                     // itself; another processor's write is seen at the next store or block.
-                    if rip != d.next || (d.writes && tracker.epoch() != epoch) {
+                    if rip != d.next || tracker.epoch() != epoch {
                         self.state.rip = rip;
                         return (done, BlockExit::Continue);
                     }

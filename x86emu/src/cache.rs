@@ -272,8 +272,13 @@ const BLOCK_ENTRIES: usize = 4096;
 /// How execution goes on after an instruction of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
+    /// Next instruction of the block: the instruction neither branches nor writes memory.
+    Straight,
     /// Next instruction of the block when RIP fell through to it.
     Next,
+    /// As `Next`, for an instruction that may write memory: the block also stops when the
+    /// code epoch moved.
+    NextAfterStore,
     /// Last instruction of the block (an unconditional near branch); the processor state that
     /// blocks depend on (mode, paging, interrupt flag) is unchanged.
     End,
@@ -290,8 +295,6 @@ pub(crate) struct Decoded {
     pub(crate) next: u64,
     pub(crate) flow: Flow,
     pub(crate) fast: crate::block::Fast,
-    /// The instruction may write memory (and so start a new code epoch).
-    pub(crate) writes: bool,
 }
 
 /// A run of instructions decoded from one physical page.

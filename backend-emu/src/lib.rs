@@ -11,6 +11,10 @@
 #![deny(unsafe_code)]
 
 mod lapic;
+#[cfg(all(target_arch = "x86_64", unix))]
+mod native_code;
+#[cfg(all(target_arch = "x86_64", unix))]
+pub use native_code::ExecMemory;
 
 use hv::{
     CpuIo, HvError, IrqChipMode, MsiMessage, Partition, PartitionConfig, StopHandle, StopReason,
@@ -32,6 +36,21 @@ const IA32_TSC_DEADLINE: u32 = 0x6e0;
 const CODE_TRACKED: u64 = 1 << 36;
 /// Largest vCPU count.
 pub const MAX_VCPUS: u32 = 64;
+
+/// Runs of a block before it is translated to host code.
+const NATIVE_THRESHOLD: u32 = 16;
+
+/// Gives the CPU executable memory for native blocks where the host allows it, unless
+/// `TERRARIUM_EMU_NATIVE=0` asks for the interpreter alone.
+fn enable_native_code(cpu: &mut Cpu) {
+    if std::env::var_os("TERRARIUM_EMU_NATIVE").is_some_and(|v| v == "0") {
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", unix))]
+    if let Some(mem) = native_code::ExecMemory::new() {
+        cpu.set_native_code(Box::new(mem), NATIVE_THRESHOLD);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -274,6 +293,7 @@ impl Partition for EmuPartition {
         cpu.apic_id = index;
         cpu.cpu_count = self.inner.config.vcpu_count;
         cpu.set_code_tracker(self.inner.code.clone());
+        enable_native_code(&mut cpu);
         Ok(Box::new(EmuVp {
             index,
             cpu,

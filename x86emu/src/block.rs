@@ -19,9 +19,10 @@
 //! flags ([`Lazy`]); RFLAGS is brought up to date before anything else can read it.
 
 use crate::alu::{self, Shift, CF, STATUS, ZF};
-use crate::cache::{Block, BlockCache, Decoded, Flow, BLOCK_MAX};
+use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
 use crate::mmu::{Access, DataView};
+use crate::native::{self, NativeFrame};
 use crate::state::seg;
 use iced_x86::{
     ConditionCode, Decoder, DecoderOptions, Instruction, Mnemonic as M, OpKind, Register,
@@ -32,9 +33,9 @@ use iced_x86::{
 /// clears the upper half).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gpr {
-    idx: u8,
-    size: u8,
-    shift: u8,
+    pub(crate) idx: u8,
+    pub(crate) size: u8,
+    pub(crate) shift: u8,
     mask: u64,
     keep: u64,
 }
@@ -69,15 +70,15 @@ impl Gpr {
 /// A pre-decoded memory operand: `(disp + base + index << scale) & amask` in segment `seg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MemOp {
-    seg: u8,
+    pub(crate) seg: u8,
     /// Base and index register numbers (16 = none).
-    base: u8,
-    index: u8,
-    scale: u8,
+    pub(crate) base: u8,
+    pub(crate) index: u8,
+    pub(crate) scale: u8,
     /// Operand size in bytes (1..8).
-    size: u8,
-    disp: u64,
-    amask: u64,
+    pub(crate) size: u8,
+    pub(crate) disp: u64,
+    pub(crate) amask: u64,
 }
 
 impl MemOp {
@@ -792,6 +793,7 @@ impl Cpu {
         // Status flags of the last ALU fast form, pending across blocks; written to RFLAGS
         // before anything outside the block engine can look (see `Lazy`).
         let mut lz = Lazy::NONE;
+        self.check_ram_regions(bus);
         let step = self.run_blocks(bus, &tracker, &mut left, &mut ctx, &mut lz, stop);
         self.settle(&mut lz);
         step
@@ -824,6 +826,7 @@ impl Cpu {
                     Some((i, c)) => {
                         *ctx = c;
                         view = self.data_view();
+                        self.check_ram_regions(bus);
                         Some(i)
                     }
                     None => None,
@@ -845,8 +848,9 @@ impl Cpu {
                 }
                 continue;
             };
+            let native = self.native_for(idx, &view);
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
-            let (done, exit) = self.run_block(&insns, &view, bus, tracker, epoch, lz);
+            let (done, exit) = self.run_block(&insns, native, &view, bus, tracker, epoch, lz);
             self.blocks.blocks[idx].insns = insns;
             *left -= i64::from(done);
             unchecked += done;
@@ -993,6 +997,8 @@ impl Cpu {
             }
         }
         let b: &mut Block = &mut self.blocks.blocks[idx];
+        b.runs = 0;
+        b.native = None;
         b.tag = tag;
         b.epoch = epoch;
         b.ip = ip;
@@ -1000,16 +1006,97 @@ impl Cpu {
         b.insns = insns;
     }
 
-    /// Executes a block from its first instruction; returns how many instructions completed
-    /// and why it stopped.
+    /// The handle of the block's host code for `view`, translating the block once it ran
+    /// often enough; `None` when there is no code memory or the block has no native form.
+    fn native_for(&mut self, idx: usize, view: &DataView) -> Option<usize> {
+        let gen = self.native_gen;
+        let code = self.native.as_mut()?;
+        let b = &mut self.blocks.blocks[idx];
+        if let Some(n) = b.native {
+            if n.gen == gen && n.view.same(view) {
+                return Some(n.handle);
+            }
+        }
+        if b.runs == u32::MAX {
+            return None;
+        }
+        if b.runs < self.native_threshold {
+            b.runs += 1;
+            return None;
+        }
+        let bits = match (b.tag.wrapping_sub(1)) & 3 {
+            0 => 16,
+            1 => 32,
+            _ => 64,
+        };
+        let Some(bytes) = crate::native::compile(&b.insns, view, bits) else {
+            // Not again until the block is decoded anew.
+            b.runs = u32::MAX;
+            return None;
+        };
+        b.runs = 0;
+        let handle = match code.install(&bytes) {
+            Some(h) => h,
+            None => {
+                // Full: start over with the blocks that run from now on.
+                code.clear();
+                self.native_gen += 1;
+                code.install(&bytes)?
+            }
+        };
+        b.native = Some(NativeBlock {
+            gen: self.native_gen,
+            handle,
+            view: *view,
+        });
+        Some(handle)
+    }
+
+    /// Runs the host code of a block; returns the instructions it completed, the RIP after
+    /// them and whether the block is done.
+    fn run_native(
+        &mut self,
+        handle: usize,
+        tracker: &crate::cache::CodeTracker,
+        lz: &mut Lazy,
+    ) -> (usize, u64, bool) {
+        self.settle(lz);
+        let (code_bits, code_words) = tracker.bitmap();
+        let mut f = NativeFrame {
+            gpr: self.state.gpr.as_mut_ptr() as usize,
+            ram: self.tlb.ram_table(),
+            code_bits,
+            code_words,
+            flags: (self.state.rflags & STATUS) | 2,
+            ..NativeFrame::default()
+        };
+        if let Some(code) = self.native.as_mut() {
+            code.call(handle, &mut f);
+        }
+        self.state.rflags = (self.state.rflags & !STATUS) | (f.flags & STATUS);
+        let left = match f.exit {
+            native::EXIT_LEFT => true,
+            native::EXIT_CODE_WRITE => {
+                tracker.note_write(f.note, 1);
+                true
+            }
+            _ => false,
+        };
+        (f.done as usize, f.rip, left)
+    }
+
+    /// Executes a block from its first instruction (its host code first, if it has some);
+    /// returns how many instructions completed and why it stopped.
     ///
     /// Fast forms do not look at `state.rip` (their addresses and branch targets are
     /// pre-decoded), so RIP is carried in a local and written back before anything else runs:
     /// a generic instruction, a fault's delivery, the end of the block.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn run_block(
         &mut self,
         insns: &[Decoded],
+        native: Option<usize>,
         view: &DataView,
         bus: &mut dyn Bus,
         tracker: &crate::cache::CodeTracker,
@@ -1018,7 +1105,16 @@ impl Cpu {
     ) -> (u32, BlockExit) {
         let mut done = 0;
         let mut rip = self.state.rip;
-        for d in insns {
+        if let Some(handle) = native {
+            let (n, next, left) = self.run_native(handle, tracker, lz);
+            done = n.min(insns.len()) as u32;
+            rip = next;
+            if left {
+                self.state.rip = rip;
+                return (done, BlockExit::Continue);
+            }
+        }
+        for d in &insns[done as usize..] {
             let r = self.exec_decoded(d, rip, view, lz, bus);
             let next = match r {
                 Ok(next) => next,

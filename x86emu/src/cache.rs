@@ -60,6 +60,12 @@ impl CodeTracker {
         }
     }
 
+    /// Address and length in words of the page bitmap, for native code (which reads it
+    /// as the atomics it is).
+    pub(crate) fn bitmap(&self) -> (usize, u64) {
+        (self.bits.as_ptr() as usize, self.bits.len() as u64)
+    }
+
     /// Current invalidation epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
@@ -133,17 +139,25 @@ pub(crate) struct TlbEntry {
     pub(crate) exec: bool,
 }
 
-const RAM_ENTRIES: usize = 512;
+pub(crate) const RAM_ENTRIES: usize = 512;
 
 /// Where a linear page lies in directly accessible RAM ([`Bus::ram`](crate::Bus::ram)), for
 /// data accesses whose segment needs no checks (see `DataView` in the block engine). Filled
 /// after a translation succeeded, cleared whenever the TLB is.
+///
+/// Native code reads `read`, `write`, `host` and `phys` at fixed offsets (`repr(C)`, 64 bytes).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 pub(crate) struct RamEntry {
     /// The [`ram_key`] reads are allowed for (0: none).
     pub(crate) read: u64,
     /// The [`ram_key`] writes are allowed for (0: none).
     pub(crate) write: u64,
+    /// Host address of the page's first byte (valid while the regions of `Bus::ram` are the
+    /// ones the entry was filled from; see `Cpu::check_ram_regions`).
+    pub(crate) host: usize,
+    /// Guest-physical address of the page.
+    pub(crate) phys: u64,
     /// Index of the region in `Bus::ram`, and its guest-physical start (checked on use, so a
     /// changed region list never reaches the wrong memory).
     pub(crate) region: usize,
@@ -155,10 +169,21 @@ pub(crate) struct RamEntry {
 const RAM_EMPTY: RamEntry = RamEntry {
     read: 0,
     write: 0,
+    host: 0,
+    phys: 0,
     region: 0,
     start: 0,
     offset: 0,
 };
+
+/// Where a page lies in direct RAM (see [`Tlb::ram_insert`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RamPlace {
+    pub(crate) region: usize,
+    pub(crate) start: u64,
+    pub(crate) offset: usize,
+    pub(crate) host: usize,
+}
 
 /// The key of a RAM entry: the linear page, whether paging is on and whether the access is a
 /// user one (the permissions the translation checked), and a valid bit.
@@ -206,26 +231,35 @@ impl Tlb {
     }
 
     /// Records that `key`'s page lies at `offset` in RAM region `region` (starting at
-    /// `start`) and may be read, and written when `write`. A write fill keeps nothing else;
-    /// a read fill keeps the write permission of the same page and place.
-    pub(crate) fn ram_insert(
-        &mut self,
-        key: u64,
-        region: usize,
-        start: u64,
-        offset: usize,
-        write: bool,
-    ) {
+    /// `start`, with the page at host address `host`) and may be read, and written when
+    /// `write`. A write fill keeps nothing else; a read fill keeps the write permission of
+    /// the same page and place.
+    pub(crate) fn ram_insert(&mut self, key: u64, place: RamPlace, write: bool) {
         let e = &mut self.ram[((key >> 3) as usize) & (RAM_ENTRIES - 1)];
         let writable = write
-            || (e.write == key && e.region == region && e.start == start && e.offset == offset);
+            || (e.write == key
+                && e.region == place.region
+                && e.start == place.start
+                && e.offset == place.offset);
         *e = RamEntry {
             read: key,
             write: if writable { key } else { 0 },
-            region,
-            start,
-            offset,
+            host: place.host,
+            phys: place.start + place.offset as u64,
+            region: place.region,
+            start: place.start,
+            offset: place.offset,
         };
+    }
+
+    /// Forgets every RAM entry (the RAM regions changed).
+    pub(crate) fn flush_ram(&mut self) {
+        self.ram.fill(RAM_EMPTY);
+    }
+
+    /// Address of the RAM entry table, for native code.
+    pub(crate) fn ram_table(&self) -> usize {
+        self.ram.as_ptr() as usize
     }
 
     #[inline]
@@ -308,6 +342,20 @@ pub(crate) struct Block {
     /// Bytes from the first instruction to the end of the last.
     pub(crate) bytes: u64,
     pub(crate) insns: Vec<Decoded>,
+    /// Times the block ran since it was decoded (counts up to the native threshold).
+    pub(crate) runs: u32,
+    /// Host code for the block's first instructions, if made.
+    pub(crate) native: Option<NativeBlock>,
+}
+
+/// Installed host code for a block (see [`crate::native`]).
+#[derive(Clone, Copy)]
+pub(crate) struct NativeBlock {
+    /// The code memory generation it was installed in.
+    pub(crate) gen: u64,
+    pub(crate) handle: usize,
+    /// The data view the code was made for (its memory lookups depend on it).
+    pub(crate) view: crate::mmu::DataView,
 }
 
 /// Per-CPU decoded blocks, direct-mapped by physical address. Entries decoded before the

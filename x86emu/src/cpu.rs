@@ -182,6 +182,15 @@ pub struct Cpu {
     pub(crate) locked: bool,
     /// Value the locked instruction read from its memory operand.
     pub(crate) lock_old: Option<u64>,
+    /// Executable memory for native blocks (none: blocks are interpreted).
+    pub(crate) native: Option<Box<dyn crate::native::NativeCode>>,
+    /// Generation of the code in `native` (a clear starts a new one).
+    pub(crate) native_gen: u64,
+    /// Runs of a block before it gets native code.
+    pub(crate) native_threshold: u32,
+    /// The `Bus::ram` regions the RAM entries were filled from: start, host address, length,
+    /// writable.
+    pub(crate) ram_print: Vec<(u64, usize, usize, bool)>,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -206,6 +215,45 @@ impl Cpu {
             code: None,
             locked: false,
             lock_old: None,
+            native: None,
+            native_gen: 0,
+            native_threshold: 0,
+            ram_print: Vec::new(),
+        }
+    }
+
+    /// Lets the block engine translate blocks that ran `threshold` times to host code, run
+    /// from `code` (see [`NativeCode`](crate::NativeCode)). Needs a code tracker.
+    pub fn set_native_code(&mut self, code: Box<dyn crate::native::NativeCode>, threshold: u32) {
+        self.native = Some(code);
+        self.native_threshold = threshold;
+        self.native_gen += 1;
+    }
+
+    /// Forgets the RAM entries when the bus's direct RAM differs from the one they were
+    /// filled from (native code uses their host addresses without looking at the regions).
+    pub(crate) fn check_ram_regions(&mut self, bus: &dyn Bus) {
+        let ram = bus.ram();
+        let same = ram.len() == self.ram_print.len()
+            && ram.iter().zip(&self.ram_print).all(|(r, p)| {
+                *p == (
+                    r.start,
+                    r.bytes.as_ptr() as usize,
+                    r.bytes.len(),
+                    r.writable,
+                )
+            });
+        if !same {
+            self.ram_print.clear();
+            self.ram_print.extend(ram.iter().map(|r| {
+                (
+                    r.start,
+                    r.bytes.as_ptr() as usize,
+                    r.bytes.len(),
+                    r.writable,
+                )
+            }));
+            self.tlb.flush_ram();
         }
     }
 

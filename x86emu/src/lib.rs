@@ -14,10 +14,12 @@ pub mod cpuid;
 mod exec;
 pub mod interrupt;
 pub mod mmu;
+mod native;
 mod sse;
 pub mod state;
 mod x87;
 
 pub use cache::CodeTracker;
 pub use cpu::{Bus, Cpu, Fault, RamRegion, Step};
+pub use native::{NativeCode, NativeFrame};
 pub use state::CpuState;

@@ -552,9 +552,15 @@ impl Cpu {
         if write && !r.writable {
             return;
         }
-        let (start, offset) = (r.start, (page - r.start) as usize);
+        let offset = (page - r.start) as usize;
+        let place = crate::cache::RamPlace {
+            region,
+            start: r.start,
+            offset,
+            host: r.bytes.as_ptr() as usize + offset,
+        };
         let key = crate::cache::ram_key(lin, self.state.cr0 & cr::PG != 0, user);
-        self.tlb.ram_insert(key, region, start, offset, write);
+        self.tlb.ram_insert(key, place, write);
     }
 
     /// The data view of the current mode: which segments need no checks for RAM accesses
@@ -568,6 +574,11 @@ impl Cpu {
             high: 0,
             key: crate::cache::ram_key(0, s.cr0 & cr::PG != 0, s.cpl() == 3),
             stack_mask: self.stack_mask(),
+            cs_limit: if s.code64() {
+                u64::MAX
+            } else {
+                u64::from(s.seg[seg::CS].limit)
+            },
         };
         if s.code64() {
             v.base[seg::FS] = s.seg[seg::FS].base;
@@ -716,7 +727,7 @@ pub fn canonical(a: u64) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DataView {
     /// Base added to the offset, per segment (FS and GS in 64-bit mode; 0 otherwise).
-    base: [u64; 6],
+    pub(crate) base: [u64; 6],
     /// Segments (a bit per index) whose reads need no checks: all in 64-bit mode, flat
     /// expand-up data segments in protected mode.
     read: u8,
@@ -726,7 +737,34 @@ pub(crate) struct DataView {
     /// mode; non-canonical 64-bit addresses never match a RAM entry).
     high: u64,
     /// The RAM entry key bits of the mode (paging, user), with the valid bit.
-    key: u64,
+    pub(crate) key: u64,
     /// Mask of the stack pointer (by the stack size).
     pub(crate) stack_mask: u64,
+    /// Largest RIP outside 64-bit mode (the CS limit).
+    pub(crate) cs_limit: u64,
+}
+
+impl DataView {
+    /// The same view (a branch-free comparison).
+    #[inline]
+    pub(crate) fn same(&self, o: &Self) -> bool {
+        let mut d = u64::from(self.read ^ o.read)
+            | u64::from(self.write ^ o.write)
+            | (self.high ^ o.high)
+            | (self.key ^ o.key)
+            | (self.stack_mask ^ o.stack_mask)
+            | (self.cs_limit ^ o.cs_limit);
+        for (a, b) in self.base.iter().zip(&o.base) {
+            d |= a ^ b;
+        }
+        d == 0
+    }
+
+    /// True when accesses through segment `seg` with offsets masked by `amask` need no
+    /// segment checks and their linear addresses no further masking.
+    pub(crate) fn direct(&self, seg: usize, amask: u64, write: bool) -> bool {
+        let allowed = if write { self.write } else { self.read };
+        allowed & (1 << seg) != 0
+            && (self.high == 0 || (self.base[seg] == 0 && amask <= 0xffff_ffff))
+    }
 }

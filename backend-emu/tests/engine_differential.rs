@@ -1,4 +1,5 @@
-//! The block engine against the per-instruction interpreter on random straight-line programs.
+//! The block engine, with and without native blocks, against the per-instruction interpreter
+//! on random straight-line programs.
 //!
 //! Each program is a random sequence of the instructions the block engine runs as fast forms
 //! (ALU, MOV/MOVZX/MOVSX/MOVSXD, LEA, INC/DEC, PUSH/POP, shifts and rotates, IMUL, CMOVcc) mixed
@@ -6,8 +7,10 @@
 //! next instructions), on registers and on memory, in 64-bit and 32-bit code. The same program
 //! from the same state runs once through `Cpu::run` without a code tracker (every instruction
 //! through `Cpu::step`) and through the block engine with direct RAM (with large and tiny
-//! budgets, so deferred flags also cross calls); registers, flags and memory must agree.
+//! budgets, so deferred flags also cross calls), once interpreting its blocks and once running
+//! them as host code from their first run; registers, flags and memory must agree.
 
+use backend_emu::ExecMemory;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use x86emu::{Bus, CodeTracker, Cpu, RamRegion, Step};
@@ -453,14 +456,18 @@ fn differential(long: bool, seed: u64, programs: u32, len: usize) {
         let ref_mem = memory(&code, &mut Rng(state_seed));
         run_to_halt(&mut reference, &ref_mem, None, 64);
         let want_mem: Vec<u8> = ref_mem.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        for budget in [10_000, 3] {
+        for (budget, native) in [(10_000, false), (3, false), (10_000, true), (3, true)] {
             let mut engine = cpu(long, &mut Rng(state_seed));
             let mem = memory(&code, &mut Rng(state_seed));
             let tracker = Arc::new(CodeTracker::new(RAM as u64));
             engine.set_code_tracker(tracker.clone());
+            if native {
+                let code = ExecMemory::new().expect("executable memory");
+                engine.set_native_code(Box::new(code), 0);
+            }
             run_to_halt(&mut engine, &mem, Some(tracker), budget);
             let what = format!(
-                "program {n} ({}-bit, budget {budget}): {:02x?}",
+                "program {n} ({}-bit, budget {budget}, native {native}): {:02x?}",
                 if long { 64 } else { 32 },
                 code
             );

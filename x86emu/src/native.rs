@@ -1,0 +1,1011 @@
+//! Native blocks: the fast-form prefix of a block translated to host x86-64 code.
+//!
+//! The generator here is plain safe Rust that produces bytes; a backend that can run host
+//! code supplies the executable memory through [`NativeCode`]. Generated code follows one
+//! calling convention: `extern "sysv64" fn(*mut NativeFrame)`, using only caller-saved
+//! registers:
+//! - `rdi` holds the frame, `rsi` the guest registers, `r8` the RAM entry table;
+//! - guest registers live in memory and are loaded and stored around each instruction;
+//! - an ALU instruction runs as the same host instruction, so its status flags are the host's.
+//!   They are written to the frame (`pushfq`) only when something may look at them before
+//!   the next instruction that sets them all: a flag reader, or any way out of the code.
+//!   SHL/SHR/SAR fix AF and OF up to the values the interpreter defines for them.
+//! - a memory operand is looked up inline in the per-CPU RAM entries (the same ones the block
+//!   engine uses) for the data view the code was made for; a miss leaves the code before the
+//!   instruction, which then runs in the interpreter. A store checks the code tracker after
+//!   writing and leaves the code when the page holds cached code.
+//!
+//! The code runs the block's instructions up to the first one without a native form, or until
+//! a taken branch.
+
+use crate::alu::{Shift, AF, OF};
+use crate::block::{AluOp, Fast, Gpr, MemOp};
+use crate::cache::Decoded;
+use crate::mmu::DataView;
+use iced_x86::code_asm::*;
+use iced_x86::ConditionCode;
+
+/// What native code reads and writes besides guest registers and RAM. Its address is the
+/// code's only argument.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct NativeFrame {
+    /// Address of the 16 guest general registers.
+    pub(crate) gpr: usize,
+    /// Address of the RAM entry table.
+    pub(crate) ram: usize,
+    /// Address and length (in words) of the code tracker's page bitmap.
+    pub(crate) code_bits: usize,
+    pub(crate) code_words: u64,
+    /// Guest status flags (RFLAGS layout, bit 1 set): in and out.
+    pub(crate) flags: u64,
+    /// Out: RIP where execution goes on.
+    pub(crate) rip: u64,
+    /// Out: instructions of the block completed.
+    pub(crate) done: u64,
+    /// Out: [`EXIT_RESUME`], [`EXIT_LEFT`] or [`EXIT_CODE_WRITE`].
+    pub(crate) exit: u64,
+    /// Out, with [`EXIT_CODE_WRITE`]: physical page written.
+    pub(crate) note: u64,
+}
+
+const F_GPR: i32 = 0;
+const F_RAM: i32 = 8;
+const F_CODE_BITS: i32 = 16;
+const F_CODE_WORDS: i32 = 24;
+const F_FLAGS: i32 = 32;
+const F_RIP: i32 = 40;
+const F_DONE: i32 = 48;
+const F_EXIT: i32 = 56;
+const F_NOTE: i32 = 64;
+
+/// The interpreter goes on with instruction `done` of the block at `rip`.
+pub(crate) const EXIT_RESUME: u64 = 0;
+/// A branch left the block: execution goes on at `rip`.
+pub(crate) const EXIT_LEFT: u64 = 1;
+/// Instruction `done - 1` wrote to page `note`, which holds cached code.
+pub(crate) const EXIT_CODE_WRITE: u64 = 2;
+
+/// Executable memory for native blocks, provided by a backend that can run host code.
+pub trait NativeCode: Send {
+    /// Copies `code` (made by this crate) to executable memory; its handle, or `None` when
+    /// the memory is full.
+    fn install(&mut self, code: &[u8]) -> Option<usize>;
+    /// Forgets all installed code; earlier handles are no longer used.
+    fn clear(&mut self);
+    /// Runs the code of `handle` on `frame`.
+    fn call(&mut self, handle: usize, frame: &mut NativeFrame);
+}
+
+/// Offsets in [`RamEntry`](crate::cache::RamEntry) (`repr(C)`, 64 bytes).
+const E_READ: i32 = 0;
+const E_WRITE: i32 = 8;
+const E_HOST: i32 = 16;
+const E_PHYS: i32 = 24;
+
+/// Near CALL and RET, which have no fast form but a native one.
+#[derive(Clone, Copy)]
+enum Branch {
+    /// CALL to a constant target, pushing `size` bytes.
+    Call { size: u8, target: u64 },
+    /// RET without an immediate, popping `size` bytes.
+    Ret { size: u8 },
+}
+
+impl Branch {
+    fn size(self) -> u8 {
+        match self {
+            Branch::Call { size, .. } | Branch::Ret { size } => size,
+        }
+    }
+}
+
+/// The native CALL or RET form of `i` under `view`, if it has one: the operand size of the
+/// code size, a target the interpreter would not fault on.
+fn branch(i: &iced_x86::Instruction, view: &DataView) -> Option<Branch> {
+    use iced_x86::Code as C;
+    let b = match i.code() {
+        C::Call_rel32_64 => Branch::Call {
+            size: 8,
+            target: i.near_branch_target(),
+        },
+        C::Call_rel32_32 => Branch::Call {
+            size: 4,
+            target: i.near_branch_target(),
+        },
+        C::Retnq => Branch::Ret { size: 8 },
+        C::Retnd => Branch::Ret { size: 4 },
+        _ => return None,
+    };
+    let target_ok = match b {
+        Branch::Call { size: 8, target } => crate::mmu::canonical(target),
+        Branch::Call { target, .. } => target <= view.cs_limit,
+        Branch::Ret { .. } => true,
+    };
+    let long = view.cs_limit == u64::MAX;
+    let stack = view.direct(crate::state::seg::SS, view.stack_mask, true);
+    (stack && target_ok && long == (b.size() == 8)).then_some(b)
+}
+
+/// True when `d` has a native form under `view`.
+fn supported(d: &Decoded, view: &DataView) -> bool {
+    let mem = |m: &MemOp, write: bool| view.direct(m.seg as usize, m.amask, write);
+    match &d.fast {
+        Fast::Generic => branch(&d.insn, view).is_some(),
+        Fast::ShiftRCl { .. } => false,
+        Fast::ImulRR { .. } => true,
+        Fast::ImulRM { m, .. } => mem(m, false),
+        Fast::ShiftRI { op, r, count } => {
+            shift_count(*r, *count) == 0
+                || matches!(op, Shift::Shl | Shift::Sal | Shift::Shr | Shift::Sar)
+        }
+        Fast::Load { m, .. } | Fast::AluRM { m, .. } | Fast::CmovRM { m, .. } => mem(m, false),
+        Fast::StoreR { m, .. } | Fast::StoreI { m, .. } => mem(m, true),
+        Fast::AluMR { op, m, .. } | Fast::AluMI { op, m, .. } => mem(m, writes_back(*op)),
+        Fast::Push { .. } | Fast::Pop { .. } => {
+            view.direct(crate::state::seg::SS, view.stack_mask, true)
+        }
+        _ => true,
+    }
+}
+
+/// The masked count of a shift.
+fn shift_count(r: Gpr, count: u8) -> u8 {
+    count & if r.size == 8 { 0x3f } else { 0x1f }
+}
+
+fn writes_back(op: AluOp) -> bool {
+    !matches!(op, AluOp::Cmp | AluOp::Test)
+}
+
+fn reads_carry(op: AluOp) -> bool {
+    matches!(op, AluOp::Adc | AluOp::Sbb)
+}
+
+/// How an instruction relates to the status flags and to the ways out of the code.
+#[derive(Clone, Copy, Default)]
+struct Props {
+    /// Reads status flags (or keeps some of them).
+    reads: bool,
+    /// Writes all status flags.
+    writes: bool,
+    /// May leave the code before it runs (a RAM entry miss).
+    exit_before: bool,
+    /// May leave the code after it ran (a taken branch, a store to a code page).
+    exit_after: bool,
+}
+
+fn props(f: &Fast) -> Props {
+    let mut p = Props::default();
+    match *f {
+        // Native CALL and RET (see `branch`).
+        Fast::Generic => {
+            p.exit_before = true;
+            p.exit_after = true;
+        }
+        Fast::ImulRR { .. } => p.writes = true,
+        Fast::ImulRM { .. } => {
+            p.writes = true;
+            p.exit_before = true;
+        }
+        Fast::AluRR { op, .. } | Fast::AluRI { op, .. } => {
+            p.reads = reads_carry(op);
+            p.writes = true;
+        }
+        Fast::AluRM { op, .. } => {
+            p.reads = reads_carry(op);
+            p.writes = true;
+            p.exit_before = true;
+        }
+        Fast::AluMR { op, .. } | Fast::AluMI { op, .. } => {
+            p.reads = reads_carry(op);
+            p.writes = true;
+            p.exit_before = true;
+            p.exit_after = writes_back(op);
+        }
+        Fast::IncDec { .. } => {
+            p.reads = true;
+            p.writes = true;
+        }
+        Fast::NegR { .. } => p.writes = true,
+        Fast::ShiftRI { r, count, .. } => p.writes = shift_count(r, count) != 0,
+        Fast::Load { .. } | Fast::Pop { .. } => p.exit_before = true,
+        Fast::CmovRM { .. } => {
+            p.reads = true;
+            p.exit_before = true;
+        }
+        Fast::StoreR { .. } | Fast::StoreI { .. } | Fast::Push { .. } => {
+            p.exit_before = true;
+            p.exit_after = true;
+        }
+        Fast::Jcc { .. } => {
+            p.reads = true;
+            p.exit_after = true;
+        }
+        Fast::Jmp { .. } => p.exit_after = true,
+        Fast::CmovRR { .. } | Fast::SetccR { .. } => p.reads = true,
+        _ => {}
+    }
+    p
+}
+
+/// Host code for the longest prefix of `insns` that has native forms under `view`; `None`
+/// when the first instruction has none.
+pub(crate) fn compile(insns: &[Decoded], view: &DataView, bits: u32) -> Option<Vec<u8>> {
+    if bits == 16 {
+        return None;
+    }
+    let mut n = insns.iter().take_while(|d| supported(d, view)).count();
+    // JMP, CALL and RET end the code (and the block).
+    if let Some(j) = insns[..n].iter().position(ends) {
+        n = j + 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    // Flags liveness, backwards: after the last instruction the code is left.
+    let mut capture = vec![false; n];
+    let mut live = true;
+    for i in (0..n).rev() {
+        let p = props(&insns[i].fast);
+        let live_after = live || p.exit_after;
+        capture[i] = p.writes && live_after;
+        live = p.reads || p.exit_before || (live_after && !p.writes);
+    }
+    let mut g = Gen {
+        a: CodeAssembler::new(64).ok()?,
+        view,
+        host_flags: false,
+        stubs: Vec::new(),
+    };
+    g.emit(&insns[..n], &capture).ok()?;
+    g.a.assemble(0).ok()
+}
+
+/// True for the instructions after which the code never goes on.
+fn ends(d: &Decoded) -> bool {
+    matches!(d.fast, Fast::Jmp { .. } | Fast::Generic)
+}
+
+/// Scratch host registers.
+#[derive(Clone, Copy)]
+enum H {
+    Ax,
+    Cx,
+}
+
+fn q(h: H) -> AsmRegister64 {
+    match h {
+        H::Ax => rax,
+        H::Cx => rcx,
+    }
+}
+
+fn d32(h: H) -> AsmRegister32 {
+    match h {
+        H::Ax => eax,
+        H::Cx => ecx,
+    }
+}
+
+fn w16(h: H) -> AsmRegister16 {
+    match h {
+        H::Ax => ax,
+        H::Cx => cx,
+    }
+}
+
+fn b8(h: H) -> AsmRegister8 {
+    match h {
+        H::Ax => al,
+        H::Cx => cl,
+    }
+}
+
+/// Where a way out of the code goes on.
+#[derive(Clone, Copy)]
+enum Stub {
+    /// Before instruction `done` (at `rip`): the interpreter runs it.
+    Resume { done: usize, rip: u64 },
+    /// A taken branch.
+    Left { done: usize, rip: u64 },
+    /// A store to a page with cached code (the page number is in r9).
+    CodeWrite { done: usize, rip: u64 },
+}
+
+struct Gen<'v> {
+    a: CodeAssembler,
+    view: &'v DataView,
+    /// The host's status flags are the guest's.
+    host_flags: bool,
+    stubs: Vec<(CodeLabel, Stub)>,
+}
+
+type Res = Result<(), IcedError>;
+
+macro_rules! alu2 {
+    ($a:expr, $op:expr, $x:expr, $y:expr) => {
+        match $op {
+            AluOp::Add => $a.add($x, $y),
+            AluOp::Adc => $a.adc($x, $y),
+            AluOp::Sub => $a.sub($x, $y),
+            AluOp::Sbb => $a.sbb($x, $y),
+            AluOp::Cmp => $a.cmp($x, $y),
+            AluOp::And => $a.and($x, $y),
+            AluOp::Or => $a.or($x, $y),
+            AluOp::Xor => $a.xor($x, $y),
+            AluOp::Test => $a.test($x, $y),
+        }
+    };
+}
+
+impl Gen<'_> {
+    fn emit(&mut self, insns: &[Decoded], capture: &[bool]) -> Res {
+        self.a.mov(rsi, qword_ptr(rdi + F_GPR))?;
+        self.a.mov(r8, qword_ptr(rdi + F_RAM))?;
+        let mut ended = false;
+        for (i, d) in insns.iter().enumerate() {
+            self.insn(i, d, capture[i])?;
+            ended |= ends(d);
+        }
+        if !ended {
+            let last = &insns[insns.len() - 1];
+            self.exit(insns.len(), last.next, EXIT_RESUME)?;
+        }
+        for (mut label, stub) in std::mem::take(&mut self.stubs) {
+            self.a.set_label(&mut label)?;
+            match stub {
+                Stub::Resume { done, rip } => self.exit(done, rip, EXIT_RESUME)?,
+                Stub::Left { done, rip } => self.exit(done, rip, EXIT_LEFT)?,
+                Stub::CodeWrite { done, rip } => {
+                    self.a.shl(r9, 12)?;
+                    self.a.mov(qword_ptr(rdi + F_NOTE), r9)?;
+                    self.exit(done, rip, EXIT_CODE_WRITE)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stub(&mut self, s: Stub) -> CodeLabel {
+        let l = self.a.create_label();
+        self.stubs.push((l, s));
+        l
+    }
+
+    fn exit(&mut self, done: usize, rip: u64, code: u64) -> Res {
+        self.a.mov(qword_ptr(rdi + F_DONE), done as i32)?;
+        self.a.mov(rax, rip)?;
+        self.a.mov(qword_ptr(rdi + F_RIP), rax)?;
+        self.a.mov(qword_ptr(rdi + F_EXIT), code as i32)?;
+        self.a.ret()
+    }
+
+    /// The guest register's bytes.
+    fn slot(g: Gpr) -> AsmMemoryOperand {
+        rsi + (i32::from(g.idx & 15) * 8 + i32::from(g.shift / 8))
+    }
+
+    /// Loads a guest register, zero-extended.
+    fn load(&mut self, g: Gpr, h: H) -> Res {
+        let m = Self::slot(g);
+        match g.size {
+            8 => self.a.mov(q(h), qword_ptr(m)),
+            4 => self.a.mov(d32(h), dword_ptr(m)),
+            2 => self.a.movzx(d32(h), word_ptr(m)),
+            _ => self.a.movzx(d32(h), byte_ptr(m)),
+        }
+    }
+
+    /// Writes a guest register (a 32-bit write clears the upper half).
+    fn store(&mut self, g: Gpr, h: H) -> Res {
+        let m = Self::slot(g);
+        match g.size {
+            8 => self.a.mov(qword_ptr(m), q(h)),
+            4 => {
+                self.a.mov(d32(h), d32(h))?;
+                self.a.mov(qword_ptr(m), q(h))
+            }
+            2 => self.a.mov(word_ptr(m), w16(h)),
+            _ => self.a.mov(byte_ptr(m), b8(h)),
+        }
+    }
+
+    /// Loads `size` bytes at `[rax]`, zero-extended.
+    fn load_mem(&mut self, size: u8, h: H) -> Res {
+        match size {
+            8 => self.a.mov(q(h), qword_ptr(rax)),
+            4 => self.a.mov(d32(h), dword_ptr(rax)),
+            2 => self.a.movzx(d32(h), word_ptr(rax)),
+            _ => self.a.movzx(d32(h), byte_ptr(rax)),
+        }
+    }
+
+    /// Stores the low `size` bytes of rcx at `[rax]`.
+    fn store_mem(&mut self, size: u8) -> Res {
+        match size {
+            8 => self.a.mov(qword_ptr(rax), rcx),
+            4 => self.a.mov(dword_ptr(rax), ecx),
+            2 => self.a.mov(word_ptr(rax), cx),
+            _ => self.a.mov(byte_ptr(rax), cl),
+        }
+    }
+
+    /// Sign-extends the low `size` bytes of `h` to 64 bits.
+    fn sign_extend(&mut self, size: u8, h: H) -> Res {
+        match size {
+            4 => self.a.movsxd(q(h), d32(h)),
+            2 => self.a.movsx(q(h), w16(h)),
+            1 => self.a.movsx(q(h), b8(h)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps the bits of `mask` (all, 32 or 16 bits) of `r`, without touching the flags.
+    fn mask32(&mut self, r32: AsmRegister32, r16: AsmRegister16, mask: u64) -> Res {
+        match mask {
+            0xffff => self.a.movzx(r32, r16)?,
+            0xffff_ffff => self.a.mov(r32, r32)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The effective address of `m` into rax (rcx clobbered; flags kept).
+    fn ea(&mut self, m: MemOp) -> Res {
+        let disp = m.disp as i64;
+        let small = disp == i64::from(disp as i32);
+        let base = m.base < 16;
+        let index = m.index < 16;
+        if !base && !index {
+            self.a.mov(rax, m.disp)?;
+        } else {
+            if index {
+                self.a.mov(rcx, qword_ptr(rsi + i32::from(m.index) * 8))?;
+            }
+            if base {
+                self.a.mov(rax, qword_ptr(rsi + i32::from(m.base) * 8))?;
+            }
+            let scale = 1u32 << m.scale;
+            let d = if small { disp as i32 } else { 0 };
+            match (base, index) {
+                (true, true) => self.a.lea(rax, qword_ptr(rax + rcx * scale + d))?,
+                (false, true) => self.a.lea(rax, qword_ptr(rcx * scale + d))?,
+                _ if d != 0 => self.a.lea(rax, qword_ptr(rax + d))?,
+                _ => {}
+            }
+            if !small {
+                self.a.mov(rcx, m.disp)?;
+                self.a.lea(rax, qword_ptr(rax + rcx))?;
+            }
+        }
+        self.mask32(eax, ax, m.amask)
+    }
+
+    /// Turns the offset in rax into the host address of `size` bytes of RAM in segment
+    /// `seg`, or goes to `slow`. Leaves the RAM entry's address in rdx; clobbers rcx and the
+    /// flags.
+    fn lookup(&mut self, seg: usize, size: u8, write: bool, slow: CodeLabel) -> Res {
+        self.host_flags = false;
+        let base = self.view.base[seg];
+        if base != 0 {
+            self.a.mov(rdx, base)?;
+            self.a.add(rax, rdx)?;
+        }
+        if size > 1 {
+            self.a.mov(ecx, eax)?;
+            self.a.and(ecx, 0xfff)?;
+            self.a.cmp(ecx, 0x1000 - i32::from(size))?;
+            self.a.ja(slow)?;
+        }
+        self.a.mov(rdx, rax)?;
+        self.a.shr(rdx, 12)?;
+        self.a.and(edx, (crate::cache::RAM_ENTRIES - 1) as i32)?;
+        self.a.shl(edx, 6)?;
+        self.a.add(rdx, r8)?;
+        self.a.mov(rcx, rax)?;
+        self.a.shr(rcx, 9)?;
+        self.a.and(rcx, -8)?;
+        self.a.or(rcx, self.view.key as i32)?;
+        self.a
+            .cmp(rcx, qword_ptr(rdx + if write { E_WRITE } else { E_READ }))?;
+        self.a.jne(slow)?;
+        self.a.and(eax, 0xfff)?;
+        self.a.add(rax, qword_ptr(rdx + E_HOST))
+    }
+
+    /// After a store through the entry in rdx: leaves the code when the page holds cached
+    /// code. Clobbers r9..r11 and the flags.
+    fn code_check(&mut self, done: usize, rip: u64) -> Res {
+        self.host_flags = false;
+        let stub = self.stub(Stub::CodeWrite { done, rip });
+        let mut ok = self.a.create_label();
+        self.a.mov(r9, qword_ptr(rdx + E_PHYS))?;
+        self.a.shr(r9, 12)?;
+        self.a.mov(r10, r9)?;
+        self.a.shr(r10, 6)?;
+        self.a.cmp(r10, qword_ptr(rdi + F_CODE_WORDS))?;
+        self.a.jae(ok)?;
+        self.a.mov(r11, qword_ptr(rdi + F_CODE_BITS))?;
+        self.a.mov(r11, qword_ptr(r11 + r10 * 8))?;
+        self.a.bt(r11, r9)?;
+        self.a.jb(stub)?;
+        self.a.set_label(&mut ok)
+    }
+
+    /// Makes the host flags the guest's.
+    fn flags_in(&mut self) -> Res {
+        if !self.host_flags {
+            self.a.push(qword_ptr(rdi + F_FLAGS))?;
+            self.a.popfq()?;
+            self.host_flags = true;
+        }
+        Ok(())
+    }
+
+    /// After an instruction that set the guest flags on the host.
+    fn flags_out(&mut self, capture: bool) -> Res {
+        self.host_flags = true;
+        if capture {
+            self.a.pushfq()?;
+            self.a.pop(qword_ptr(rdi + F_FLAGS))?;
+        }
+        Ok(())
+    }
+
+    fn alu_rr(&mut self, op: AluOp, size: u8) -> Res {
+        if reads_carry(op) {
+            self.flags_in()?;
+        }
+        match size {
+            8 => alu2!(self.a, op, rax, rcx),
+            4 => alu2!(self.a, op, eax, ecx),
+            2 => alu2!(self.a, op, ax, cx),
+            _ => alu2!(self.a, op, al, cl),
+        }
+    }
+
+    fn alu_mr(&mut self, op: AluOp, size: u8) -> Res {
+        if reads_carry(op) {
+            self.flags_in()?;
+        }
+        match size {
+            8 => alu2!(self.a, op, qword_ptr(rax), rcx),
+            4 => alu2!(self.a, op, dword_ptr(rax), ecx),
+            2 => alu2!(self.a, op, word_ptr(rax), cx),
+            _ => alu2!(self.a, op, byte_ptr(rax), cl),
+        }
+    }
+
+    /// Jumps to `target` when `cc` holds for the host flags.
+    fn jcc(&mut self, cc: ConditionCode, target: CodeLabel) -> Res {
+        use ConditionCode as C;
+        let a = &mut self.a;
+        match cc {
+            C::o => a.jo(target),
+            C::no => a.jno(target),
+            C::b => a.jb(target),
+            C::ae => a.jae(target),
+            C::e => a.je(target),
+            C::ne => a.jne(target),
+            C::be => a.jbe(target),
+            C::a => a.ja(target),
+            C::s => a.js(target),
+            C::ns => a.jns(target),
+            C::p => a.jp(target),
+            C::np => a.jnp(target),
+            C::l => a.jl(target),
+            C::ge => a.jge(target),
+            C::le => a.jle(target),
+            C::g => a.jg(target),
+            C::None => a.jmp(target),
+        }
+    }
+
+    /// al = 1 when `cc` holds, else 0.
+    fn setcc(&mut self, cc: ConditionCode) -> Res {
+        use ConditionCode as C;
+        let a = &mut self.a;
+        match cc {
+            C::o => a.seto(al),
+            C::no => a.setno(al),
+            C::b => a.setb(al),
+            C::ae => a.setae(al),
+            C::e => a.sete(al),
+            C::ne => a.setne(al),
+            C::be => a.setbe(al),
+            C::a => a.seta(al),
+            C::s => a.sets(al),
+            C::ns => a.setns(al),
+            C::p => a.setp(al),
+            C::np => a.setnp(al),
+            C::l => a.setl(al),
+            C::ge => a.setge(al),
+            C::le => a.setle(al),
+            C::g => a.setg(al),
+            C::None => a.mov(al, 1),
+        }
+    }
+
+    /// rax = rcx when `cc` holds.
+    fn cmov(&mut self, cc: ConditionCode) -> Res {
+        use ConditionCode as C;
+        let a = &mut self.a;
+        match cc {
+            C::o => a.cmovo(rax, rcx),
+            C::no => a.cmovno(rax, rcx),
+            C::b => a.cmovb(rax, rcx),
+            C::ae => a.cmovae(rax, rcx),
+            C::e => a.cmove(rax, rcx),
+            C::ne => a.cmovne(rax, rcx),
+            C::be => a.cmovbe(rax, rcx),
+            C::a => a.cmova(rax, rcx),
+            C::s => a.cmovs(rax, rcx),
+            C::ns => a.cmovns(rax, rcx),
+            C::p => a.cmovp(rax, rcx),
+            C::np => a.cmovnp(rax, rcx),
+            C::l => a.cmovl(rax, rcx),
+            C::ge => a.cmovge(rax, rcx),
+            C::le => a.cmovle(rax, rcx),
+            C::g => a.cmovg(rax, rcx),
+            C::None => a.mov(rax, rcx),
+        }
+    }
+
+    /// Looks up a memory operand (its offset computed into rax) with a way out before
+    /// instruction `i`.
+    fn mem(&mut self, i: usize, d: &Decoded, m: MemOp, write: bool) -> Res {
+        self.ea(m)?;
+        let slow = self.stub(Stub::Resume {
+            done: i,
+            rip: d.insn.ip(),
+        });
+        self.lookup(m.seg as usize, m.size, write, slow)
+    }
+
+    fn insn(&mut self, i: usize, d: &Decoded, capture: bool) -> Res {
+        match d.fast {
+            Fast::Nop => {}
+            Fast::MovRR { dst, src } => {
+                self.load(src, H::Ax)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::MovRI { dst, imm } => {
+                self.a.mov(rax, imm)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::Lea { dst, m } => {
+                self.ea(m)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::ExtendRR { dst, src, sign } => {
+                self.load(src, H::Ax)?;
+                if sign {
+                    self.sign_extend(src.size, H::Ax)?;
+                }
+                self.store(dst, H::Ax)?;
+            }
+            Fast::NotR { r } => {
+                self.load(r, H::Ax)?;
+                self.a.not(rax)?;
+                self.store(r, H::Ax)?;
+            }
+            Fast::NegR { r } => {
+                self.load(r, H::Ax)?;
+                match r.size {
+                    8 => self.a.neg(rax)?,
+                    4 => self.a.neg(eax)?,
+                    2 => self.a.neg(ax)?,
+                    _ => self.a.neg(al)?,
+                }
+                self.flags_out(capture)?;
+                self.store(r, H::Ax)?;
+            }
+            Fast::IncDec { inc, r } => {
+                self.load(r, H::Ax)?;
+                self.flags_in()?;
+                match (r.size, inc) {
+                    (8, true) => self.a.inc(rax)?,
+                    (8, false) => self.a.dec(rax)?,
+                    (4, true) => self.a.inc(eax)?,
+                    (4, false) => self.a.dec(eax)?,
+                    (2, true) => self.a.inc(ax)?,
+                    (2, false) => self.a.dec(ax)?,
+                    (_, true) => self.a.inc(al)?,
+                    (_, false) => self.a.dec(al)?,
+                }
+                self.flags_out(capture)?;
+                self.store(r, H::Ax)?;
+            }
+            Fast::AluRR { op, dst, src } => {
+                self.load(dst, H::Ax)?;
+                self.load(src, H::Cx)?;
+                self.alu_rr(op, dst.size)?;
+                self.flags_out(capture)?;
+                if writes_back(op) {
+                    self.store(dst, H::Ax)?;
+                }
+            }
+            Fast::AluRI { op, dst, imm } => {
+                self.load(dst, H::Ax)?;
+                self.a.mov(rcx, imm)?;
+                self.alu_rr(op, dst.size)?;
+                self.flags_out(capture)?;
+                if writes_back(op) {
+                    self.store(dst, H::Ax)?;
+                }
+            }
+            Fast::AluRM { op, dst, m } => {
+                self.mem(i, d, m, false)?;
+                self.load_mem(m.size, H::Cx)?;
+                self.load(dst, H::Ax)?;
+                self.alu_rr(op, dst.size)?;
+                self.flags_out(capture)?;
+                if writes_back(op) {
+                    self.store(dst, H::Ax)?;
+                }
+            }
+            Fast::AluMR { op, m, src } => {
+                self.mem(i, d, m, writes_back(op))?;
+                self.load(src, H::Cx)?;
+                self.alu_mr(op, m.size)?;
+                self.flags_out(capture)?;
+                if writes_back(op) {
+                    self.code_check(i + 1, d.next)?;
+                }
+            }
+            Fast::AluMI { op, m, imm } => {
+                self.mem(i, d, m, writes_back(op))?;
+                self.a.mov(rcx, imm)?;
+                self.alu_mr(op, m.size)?;
+                self.flags_out(capture)?;
+                if writes_back(op) {
+                    self.code_check(i + 1, d.next)?;
+                }
+            }
+            Fast::Load { dst, m, sign } => {
+                self.mem(i, d, m, false)?;
+                self.load_mem(m.size, H::Cx)?;
+                if sign {
+                    self.sign_extend(m.size, H::Cx)?;
+                }
+                self.store(dst, H::Cx)?;
+            }
+            Fast::StoreR { m, src } => {
+                self.mem(i, d, m, true)?;
+                self.load(src, H::Cx)?;
+                self.store_mem(m.size)?;
+                self.code_check(i + 1, d.next)?;
+            }
+            Fast::StoreI { m, imm } => {
+                self.mem(i, d, m, true)?;
+                self.a.mov(rcx, imm)?;
+                self.store_mem(m.size)?;
+                self.code_check(i + 1, d.next)?;
+            }
+            Fast::Push { src } => {
+                let mask = self.view.stack_mask;
+                let slow = self.stub(Stub::Resume {
+                    done: i,
+                    rip: d.insn.ip(),
+                });
+                self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
+                self.a.lea(rax, qword_ptr(rax - i32::from(src.size)))?;
+                self.mask32(eax, ax, mask)?;
+                self.a.mov(r11, rax)?;
+                self.lookup(crate::state::seg::SS, src.size, true, slow)?;
+                self.load(src, H::Cx)?;
+                self.store_mem(src.size)?;
+                self.set_rsp(mask)?;
+                self.code_check(i + 1, d.next)?;
+            }
+            Fast::Pop { dst } => {
+                let mask = self.view.stack_mask;
+                let slow = self.stub(Stub::Resume {
+                    done: i,
+                    rip: d.insn.ip(),
+                });
+                self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
+                self.mask32(eax, ax, mask)?;
+                self.a.lea(r11, qword_ptr(rax + i32::from(dst.size)))?;
+                self.mask32(r11d, r11w, mask)?;
+                self.lookup(crate::state::seg::SS, dst.size, false, slow)?;
+                self.load_mem(dst.size, H::Cx)?;
+                self.set_rsp(mask)?;
+                self.store(dst, H::Cx)?;
+            }
+            Fast::Jcc { cc, target } => {
+                self.flags_in()?;
+                let taken = self.stub(Stub::Left {
+                    done: i + 1,
+                    rip: target,
+                });
+                self.jcc(cc, taken)?;
+            }
+            Fast::Jmp { target } => self.exit(i + 1, target, EXIT_LEFT)?,
+            Fast::CmovRR { cc, dst, src } => {
+                self.load(src, H::Cx)?;
+                self.load(dst, H::Ax)?;
+                self.flags_in()?;
+                self.cmov(cc)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::CmovRM { cc, dst, m } => {
+                self.mem(i, d, m, false)?;
+                self.load_mem(m.size, H::Cx)?;
+                self.load(dst, H::Ax)?;
+                self.flags_in()?;
+                self.cmov(cc)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::SetccR { cc, dst } => {
+                self.flags_in()?;
+                self.setcc(cc)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::ShiftRI { op, r, count } => self.shift(op, r, count, capture)?,
+            Fast::ImulRR { dst, src } => {
+                self.load(dst, H::Ax)?;
+                self.load(src, H::Cx)?;
+                self.imul(dst.size, capture)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::ImulRM { dst, m } => {
+                self.mem(i, d, m, false)?;
+                self.load_mem(m.size, H::Cx)?;
+                self.load(dst, H::Ax)?;
+                self.imul(dst.size, capture)?;
+                self.store(dst, H::Ax)?;
+            }
+            Fast::Generic => match branch(&d.insn, self.view) {
+                Some(Branch::Call { size, target }) => self.call(i, d, size, target)?,
+                Some(Branch::Ret { size }) => self.ret(i, d, size)?,
+                // Not reached (see `supported`); the interpreter runs it.
+                None => self.exit(i, d.insn.ip(), EXIT_RESUME)?,
+            },
+            // Not reached (see `supported`).
+            Fast::ShiftRCl { .. } => self.exit(i, d.insn.ip(), EXIT_RESUME)?,
+        }
+        Ok(())
+    }
+
+    /// Two-operand IMUL of rax by rcx. CF and OF are the host's; SF and PF follow the
+    /// result, ZF and AF are clear (the interpreter's choice for the undefined ones).
+    fn imul(&mut self, size: u8, capture: bool) -> Res {
+        match size {
+            8 => self.a.imul_2(rax, rcx)?,
+            4 => self.a.imul_2(eax, ecx)?,
+            _ => self.a.imul_2(ax, cx)?,
+        }
+        self.host_flags = false;
+        if capture {
+            self.a.pushfq()?;
+            self.a.pop(r9)?;
+            self.a.and(r9d, (crate::alu::CF | OF) as i32)?;
+            match size {
+                8 => self.a.test(rax, rax)?,
+                4 => self.a.test(eax, eax)?,
+                _ => self.a.test(ax, ax)?,
+            }
+            self.a.pushfq()?;
+            self.a.pop(rcx)?;
+            self.a.and(ecx, (crate::alu::SF | crate::alu::PF) as i32)?;
+            self.a.or(rcx, r9)?;
+            self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
+        }
+        Ok(())
+    }
+
+    /// Near CALL: pushes the return address and leaves for `target`.
+    fn call(&mut self, i: usize, d: &Decoded, size: u8, target: u64) -> Res {
+        let mask = self.view.stack_mask;
+        let slow = self.stub(Stub::Resume {
+            done: i,
+            rip: d.insn.ip(),
+        });
+        self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
+        self.a.lea(rax, qword_ptr(rax - i32::from(size)))?;
+        self.mask32(eax, ax, mask)?;
+        self.a.mov(r11, rax)?;
+        self.lookup(crate::state::seg::SS, size, true, slow)?;
+        self.a.mov(rcx, d.next)?;
+        self.store_mem(size)?;
+        self.set_rsp(mask)?;
+        self.code_check(i + 1, target)?;
+        self.exit(i + 1, target, EXIT_LEFT)
+    }
+
+    /// Near RET: pops the return address and leaves for it (a target the interpreter would
+    /// fault on goes back to it, before the instruction).
+    fn ret(&mut self, i: usize, d: &Decoded, size: u8) -> Res {
+        let mask = self.view.stack_mask;
+        let slow = self.stub(Stub::Resume {
+            done: i,
+            rip: d.insn.ip(),
+        });
+        self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
+        self.mask32(eax, ax, mask)?;
+        self.a.lea(r11, qword_ptr(rax + i32::from(size)))?;
+        self.mask32(r11d, r11w, mask)?;
+        self.lookup(crate::state::seg::SS, size, false, slow)?;
+        self.load_mem(size, H::Cx)?;
+        if size == 8 {
+            self.a.mov(rax, rcx)?;
+            self.a.shl(rax, 16)?;
+            self.a.sar(rax, 16)?;
+            self.a.cmp(rax, rcx)?;
+            self.a.jne(slow)?;
+        } else {
+            self.a.mov(rax, self.view.cs_limit)?;
+            self.a.cmp(rcx, rax)?;
+            self.a.ja(slow)?;
+        }
+        self.set_rsp(mask)?;
+        self.a.mov(qword_ptr(rdi + F_RIP), rcx)?;
+        self.a.mov(qword_ptr(rdi + F_DONE), (i + 1) as i32)?;
+        self.a.mov(qword_ptr(rdi + F_EXIT), EXIT_LEFT as i32)?;
+        self.a.ret()
+    }
+
+    /// RSP = (RSP & !mask) | r11.
+    fn set_rsp(&mut self, mask: u64) -> Res {
+        if mask == u64::MAX {
+            return self.a.mov(qword_ptr(rsi + 4 * 8), r11);
+        }
+        self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
+        self.a.mov(r10, !mask)?;
+        self.a.and(rax, r10)?;
+        self.a.or(rax, r11)?;
+        self.host_flags = false;
+        self.a.mov(qword_ptr(rsi + 4 * 8), rax)
+    }
+
+    /// SHL/SAL/SHR/SAR by a constant (any shift by a masked count of 0, which only writes the
+    /// register back).
+    fn shift(&mut self, op: Shift, r: Gpr, count: u8, capture: bool) -> Res {
+        let c = shift_count(r, count);
+        self.load(r, H::Ax)?;
+        if c == 0 {
+            return self.store(r, H::Ax);
+        }
+        self.a.mov(rdx, rax)?;
+        macro_rules! sh {
+            ($reg:expr) => {
+                match op {
+                    Shift::Shl | Shift::Sal => self.a.shl($reg, u32::from(c)),
+                    Shift::Shr => self.a.shr($reg, u32::from(c)),
+                    _ => self.a.sar($reg, u32::from(c)),
+                }
+            };
+        }
+        match r.size {
+            8 => sh!(rax)?,
+            4 => sh!(eax)?,
+            2 => sh!(ax)?,
+            _ => sh!(al)?,
+        }
+        self.host_flags = false;
+        if capture {
+            // AF cleared; OF as for a one-bit shift of the original value (the interpreter's
+            // choice where the architecture leaves them undefined).
+            let msb = u32::from(r.size) * 8 - 1;
+            self.a.pushfq()?;
+            self.a.pop(rcx)?;
+            self.a.and(rcx, !((AF | OF) as i32))?;
+            match op {
+                Shift::Shl | Shift::Sal => {
+                    self.a.lea(r9, qword_ptr(rdx + rdx))?;
+                    self.a.xor(r9, rdx)?;
+                }
+                Shift::Shr => self.a.mov(r9, rdx)?,
+                _ => self.a.xor(r9d, r9d)?,
+            }
+            self.a.shr(r9, msb)?;
+            self.a.and(r9d, 1)?;
+            self.a.shl(r9d, 11)?;
+            self.a.or(rcx, r9)?;
+            self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
+        }
+        self.store(r, H::Ax)
+    }
+}

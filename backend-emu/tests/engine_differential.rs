@@ -4,7 +4,7 @@
 //! Each program is a random sequence of the instructions the block engine runs as fast forms
 //! (ALU, MOV/MOVZX/MOVSX/MOVSXD, LEA, INC/DEC, PUSH/POP, shifts and rotates, IMUL, CMOVcc) mixed
 //! with flag readers that go through the generic path (ADC/SBB, SETcc, PUSHF, Jcc over the
-//! next instructions), on registers and on memory, in 64-bit and 32-bit code. The same program
+//! next instructions) and near CALL/RET, on registers and on memory, in 64-bit and 32-bit code. The same program
 //! from the same state runs once through `Cpu::run` without a code tracker (every instruction
 //! through `Cpu::step`) and through the block engine with direct RAM (with large and tiny
 //! budgets, so deferred flags also cross calls), once interpreting its blocks and once running
@@ -308,10 +308,12 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
                 v
             }
         }
-        // CLC/STC/CMC, and NOP (one byte, or 0F 1F /0 with a register or memory operand).
-        _ => match rng.below(4) {
+        // CLC/STC/CMC, NOP (one byte, or 0F 1F /0 with a register or memory operand), and a
+        // CALL to a RET that returns to a JMP over it.
+        _ => match rng.below(5) {
             0 => vec![0x90],
             1 => enc(rng, 0, rm, &[0x0f, 0x1f]),
+            2 => vec![0xe8, 2, 0, 0, 0, 0xeb, 1, 0xc3],
             _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
         },
     }

@@ -949,56 +949,76 @@ impl Cpu {
         bus: &mut dyn Bus,
     ) {
         let ip = self.state.rip;
-        let mut insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
+        // Mark before reading so that a concurrent write invalidates what is decoded.
+        if !self.code.as_ref().is_some_and(|t| t.mark(phys)) {
+            // Untracked memory: no block (the caller steps).
+            let b = &mut self.blocks.blocks[idx];
+            b.insns.clear();
+            b.raw.clear();
+            b.native = None;
+            b.tag = tag;
+            b.epoch = epoch;
+            b.ip = ip;
+            b.bytes = 0;
+            return;
+        }
+        let avail = ((0x1000 - (phys & 0xfff)) as usize).min(BLOCK_MAX * 15);
+        let mut bytes = [0u8; BLOCK_MAX * 15];
+        crate::mmu::phys_read(phys, &mut bytes[..avail], bus);
+        let b = &mut self.blocks.blocks[idx];
+        // A write elsewhere started the new epoch: the block stands (with its host code) when
+        // its bytes are unchanged.
+        if b.tag == tag
+            && b.ip == ip
+            && !b.insns.is_empty()
+            && bytes.get(..b.raw.len()) == Some(&b.raw[..])
+        {
+            b.epoch = epoch;
+            return;
+        }
+        let mut insns = std::mem::take(&mut b.insns);
         insns.clear();
         let mut bytes_len = 0;
-        // Mark before reading so that a concurrent write invalidates what is decoded.
-        if self.code.as_ref().is_some_and(|t| t.mark(phys)) {
-            let avail = ((0x1000 - (phys & 0xfff)) as usize).min(BLOCK_MAX * 15);
-            let mut bytes = [0u8; BLOCK_MAX * 15];
-            crate::mmu::phys_read(phys, &mut bytes[..avail], bus);
-            let ip_limit = match bits {
-                16 => 0x1_0000u64,
-                32 => 0x1_0000_0000,
-                _ => u64::MAX,
+        let ip_limit = match bits {
+            16 => 0x1_0000u64,
+            32 => 0x1_0000_0000,
+            _ => u64::MAX,
+        };
+        let mut d = Decoder::with_ip(bits, &bytes[..avail], ip, DecoderOptions::NO_INVALID_CHECK);
+        let mut insn = Instruction::default();
+        while insns.len() < BLOCK_MAX && d.can_decode() {
+            d.decode_out(&mut insn);
+            // Invalid or cut off by the page end: left to the slow path.
+            if insn.is_invalid() || d.last_error() != iced_x86::DecoderError::None {
+                break;
+            }
+            // Instructions past the end of a 16/32-bit code segment's offset space wrap.
+            let end = insn.ip().wrapping_add(insn.len() as u64);
+            if insn.next_ip() != end || (bits != 64 && end >= ip_limit) {
+                break;
+            }
+            let fast = fast_form(&insn, bits);
+            let flow = match flow_of(&insn) {
+                Flow::Next if fast.may_write() => Flow::NextAfterStore,
+                Flow::Next if !matches!(fast, Fast::Generic | Fast::Jcc { .. }) => Flow::Straight,
+                f => f,
             };
-            let mut d =
-                Decoder::with_ip(bits, &bytes[..avail], ip, DecoderOptions::NO_INVALID_CHECK);
-            let mut insn = Instruction::default();
-            while insns.len() < BLOCK_MAX && d.can_decode() {
-                d.decode_out(&mut insn);
-                // Invalid or cut off by the page end: left to the slow path.
-                if insn.is_invalid() || d.last_error() != iced_x86::DecoderError::None {
-                    break;
-                }
-                // Instructions past the end of a 16/32-bit code segment's offset space wrap.
-                let end = insn.ip().wrapping_add(insn.len() as u64);
-                if insn.next_ip() != end || (bits != 64 && end >= ip_limit) {
-                    break;
-                }
-                let fast = fast_form(&insn, bits);
-                let flow = match flow_of(&insn) {
-                    Flow::Next if fast.may_write() => Flow::NextAfterStore,
-                    Flow::Next if !matches!(fast, Fast::Generic | Fast::Jcc { .. }) => {
-                        Flow::Straight
-                    }
-                    f => f,
-                };
-                insns.push(Decoded {
-                    insn,
-                    next: insn.next_ip(),
-                    flow,
-                    fast,
-                });
-                bytes_len = insn.next_ip() - ip;
-                if matches!(flow, Flow::End | Flow::Exit) {
-                    break;
-                }
+            insns.push(Decoded {
+                insn,
+                next: insn.next_ip(),
+                flow,
+                fast,
+            });
+            bytes_len = insn.next_ip() - ip;
+            if matches!(flow, Flow::End | Flow::Exit) {
+                break;
             }
         }
         let b: &mut Block = &mut self.blocks.blocks[idx];
         b.runs = 0;
         b.native = None;
+        b.raw.clear();
+        b.raw.extend_from_slice(&bytes[..bytes_len as usize]);
         b.tag = tag;
         b.epoch = epoch;
         b.ip = ip;

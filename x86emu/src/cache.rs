@@ -301,7 +301,7 @@ impl Tlb {
 
 /// Largest number of instructions in one block.
 pub(crate) const BLOCK_MAX: usize = 64;
-const BLOCK_ENTRIES: usize = 4096;
+const BLOCK_ENTRIES: usize = 16384;
 
 /// How execution goes on after an instruction of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +341,8 @@ pub(crate) struct Block {
     pub(crate) ip: u64,
     /// Bytes from the first instruction to the end of the last.
     pub(crate) bytes: u64,
+    /// Those bytes as decoded (a new epoch keeps the block when they are unchanged).
+    pub(crate) raw: Vec<u8>,
     pub(crate) insns: Vec<Decoded>,
     /// Times the block ran since it was decoded (counts up to the native threshold).
     pub(crate) runs: u32,

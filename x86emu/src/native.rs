@@ -274,32 +274,28 @@ enum H {
     Cx,
 }
 
-fn q(h: H) -> AsmRegister64 {
+/// The 64-, 32-, 16- and 8-bit names of a scratch register.
+fn names(h: H) -> (AsmRegister64, AsmRegister32, AsmRegister16, AsmRegister8) {
     match h {
-        H::Ax => rax,
-        H::Cx => rcx,
+        H::Ax => (rax, eax, ax, al),
+        H::Cx => (rcx, ecx, cx, cl),
     }
+}
+
+fn q(h: H) -> AsmRegister64 {
+    names(h).0
 }
 
 fn d32(h: H) -> AsmRegister32 {
-    match h {
-        H::Ax => eax,
-        H::Cx => ecx,
-    }
+    names(h).1
 }
 
 fn w16(h: H) -> AsmRegister16 {
-    match h {
-        H::Ax => ax,
-        H::Cx => cx,
-    }
+    names(h).2
 }
 
 fn b8(h: H) -> AsmRegister8 {
-    match h {
-        H::Ax => al,
-        H::Cx => cl,
-    }
+    names(h).3
 }
 
 /// Where a way out of the code goes on.
@@ -784,34 +780,16 @@ impl Gen<'_> {
                 self.code_check(i + 1, d.next)?;
             }
             Fast::Push { src } => {
-                let mask = self.view.stack_mask;
-                let slow = self.stub(Stub::Resume {
-                    done: i,
-                    rip: d.insn.ip(),
-                });
-                self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
-                self.a.lea(rax, qword_ptr(rax - i32::from(src.size)))?;
-                self.mask32(eax, ax, mask)?;
-                self.a.mov(r11, rax)?;
-                self.lookup(crate::state::seg::SS, src.size, true, slow)?;
+                self.stack_push(i, d, src.size)?;
                 self.load(src, H::Cx)?;
                 self.store_mem(src.size)?;
-                self.set_rsp(mask)?;
+                self.set_rsp()?;
                 self.code_check(i + 1, d.next)?;
             }
             Fast::Pop { dst } => {
-                let mask = self.view.stack_mask;
-                let slow = self.stub(Stub::Resume {
-                    done: i,
-                    rip: d.insn.ip(),
-                });
-                self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
-                self.mask32(eax, ax, mask)?;
-                self.a.lea(r11, qword_ptr(rax + i32::from(dst.size)))?;
-                self.mask32(r11d, r11w, mask)?;
-                self.lookup(crate::state::seg::SS, dst.size, false, slow)?;
+                self.stack_pop(i, d, dst.size)?;
                 self.load_mem(dst.size, H::Cx)?;
-                self.set_rsp(mask)?;
+                self.set_rsp()?;
                 self.store(dst, H::Cx)?;
             }
             Fast::Jcc { cc, target } => {
@@ -896,28 +874,23 @@ impl Gen<'_> {
         Ok(())
     }
 
-    /// Near CALL: pushes the return address and leaves for `target`.
-    fn call(&mut self, i: usize, d: &Decoded, size: u8, target: u64) -> Res {
-        let mask = self.view.stack_mask;
+    /// The slot of a `size`-byte push of instruction `i`: its host address in rax, the new
+    /// stack offset in r11 (for `set_rsp`).
+    fn stack_push(&mut self, i: usize, d: &Decoded, size: u8) -> Res {
         let slow = self.stub(Stub::Resume {
             done: i,
             rip: d.insn.ip(),
         });
         self.a.mov(rax, qword_ptr(rsi + 4 * 8))?;
         self.a.lea(rax, qword_ptr(rax - i32::from(size)))?;
-        self.mask32(eax, ax, mask)?;
+        self.mask32(eax, ax, self.view.stack_mask)?;
         self.a.mov(r11, rax)?;
-        self.lookup(crate::state::seg::SS, size, true, slow)?;
-        self.a.mov(rcx, d.next)?;
-        self.store_mem(size)?;
-        self.set_rsp(mask)?;
-        self.code_check(i + 1, target)?;
-        self.exit(i + 1, target, EXIT_LEFT)
+        self.lookup(crate::state::seg::SS, size, true, slow)
     }
 
-    /// Near RET: pops the return address and leaves for it (a target the interpreter would
-    /// fault on goes back to it, before the instruction).
-    fn ret(&mut self, i: usize, d: &Decoded, size: u8) -> Res {
+    /// The slot of a `size`-byte pop of instruction `i`: its host address in rax, the new
+    /// stack offset in r11 (for `set_rsp`). Returns the way out before the instruction.
+    fn stack_pop(&mut self, i: usize, d: &Decoded, size: u8) -> Result<CodeLabel, IcedError> {
         let mask = self.view.stack_mask;
         let slow = self.stub(Stub::Resume {
             done: i,
@@ -928,6 +901,23 @@ impl Gen<'_> {
         self.a.lea(r11, qword_ptr(rax + i32::from(size)))?;
         self.mask32(r11d, r11w, mask)?;
         self.lookup(crate::state::seg::SS, size, false, slow)?;
+        Ok(slow)
+    }
+
+    /// Near CALL: pushes the return address and leaves for `target`.
+    fn call(&mut self, i: usize, d: &Decoded, size: u8, target: u64) -> Res {
+        self.stack_push(i, d, size)?;
+        self.a.mov(rcx, d.next)?;
+        self.store_mem(size)?;
+        self.set_rsp()?;
+        self.code_check(i + 1, target)?;
+        self.exit(i + 1, target, EXIT_LEFT)
+    }
+
+    /// Near RET: pops the return address and leaves for it (a target the interpreter would
+    /// fault on goes back to it, before the instruction).
+    fn ret(&mut self, i: usize, d: &Decoded, size: u8) -> Res {
+        let slow = self.stack_pop(i, d, size)?;
         self.load_mem(size, H::Cx)?;
         if size == 8 {
             self.a.mov(rax, rcx)?;
@@ -940,15 +930,16 @@ impl Gen<'_> {
             self.a.cmp(rcx, rax)?;
             self.a.ja(slow)?;
         }
-        self.set_rsp(mask)?;
+        self.set_rsp()?;
         self.a.mov(qword_ptr(rdi + F_RIP), rcx)?;
         self.a.mov(qword_ptr(rdi + F_DONE), (i + 1) as i32)?;
         self.a.mov(qword_ptr(rdi + F_EXIT), EXIT_LEFT as i32)?;
         self.a.ret()
     }
 
-    /// RSP = (RSP & !mask) | r11.
-    fn set_rsp(&mut self, mask: u64) -> Res {
+    /// RSP = (RSP & !mask) | r11, with the view's stack mask.
+    fn set_rsp(&mut self) -> Res {
+        let mask = self.view.stack_mask;
         if mask == u64::MAX {
             return self.a.mov(qword_ptr(rsi + 4 * 8), r11);
         }

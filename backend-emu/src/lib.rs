@@ -37,19 +37,18 @@ const CODE_TRACKED: u64 = 1 << 36;
 /// Largest vCPU count.
 pub const MAX_VCPUS: u32 = 64;
 
-/// Runs of a block before it is translated to host code.
-const NATIVE_THRESHOLD: u32 = 16;
-
-/// Gives the CPU executable memory for native blocks where the host allows it, unless
-/// `TERRARIUM_EMU_NATIVE=0` asks for the interpreter alone.
+/// Gives the CPU executable memory for native blocks where the host allows it (x86-64 Unix
+/// hosts), unless `TERRARIUM_EMU_NATIVE=0` asks for the interpreter alone.
 fn enable_native_code(cpu: &mut Cpu) {
     if std::env::var_os("TERRARIUM_EMU_NATIVE").is_some_and(|v| v == "0") {
         return;
     }
     #[cfg(all(target_arch = "x86_64", unix))]
     if let Some(mem) = native_code::ExecMemory::new() {
-        cpu.set_native_code(Box::new(mem), NATIVE_THRESHOLD);
+        cpu.set_native_code(Box::new(mem), native_code::THRESHOLD);
     }
+    #[cfg(not(all(target_arch = "x86_64", unix)))]
+    let _ = cpu;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -7,6 +7,9 @@
 
 use x86emu::{NativeCode, NativeFrame};
 
+/// Runs of a block before it is translated to host code.
+pub(crate) const THRESHOLD: u32 = 16;
+
 /// Bytes of code memory per virtual processor.
 const SIZE: usize = 32 << 20;
 

@@ -81,21 +81,25 @@ impl NativeCode for ExecMemory {
         self.used = 0;
     }
 
-    fn call(&mut self, handle: usize, frame: &mut NativeFrame) {
-        if handle >= self.used {
+    fn call(&mut self, handle: usize, offset: usize, frame: &mut NativeFrame) {
+        let Some(at) = handle.checked_add(offset).filter(|&at| at < self.used) else {
             return;
-        }
-        // SAFETY: `handle` is the start of code installed since the last `clear` (the CPU
-        // keeps handles per generation), made by x86emu's generator for the
+        };
+        // SAFETY: `handle + offset` is an entry point of code installed since the last `clear`
+        // (the CPU keeps handles per generation), made by x86emu's generator for the
         // `extern "sysv64" fn(*mut NativeFrame)` convention. That code uses only
         // caller-saved registers and the stack below its return address, and touches memory
         // only through the frame: the CPU's registers, its RAM entry table (host addresses of
         // the guest RAM the bus currently lends it, whose regions the CPU re-checks before
-        // running blocks) and the code tracker's bitmap.
+        // running blocks), the code tracker's bitmap and the CPU's link table, whose filled
+        // slots hold `address` values of code of the same generation.
         unsafe {
-            let f: extern "sysv64" fn(*mut NativeFrame) =
-                std::mem::transmute(self.base.add(handle));
+            let f: extern "sysv64" fn(*mut NativeFrame) = std::mem::transmute(self.base.add(at));
             f(frame);
         }
+    }
+
+    fn address(&self, handle: usize) -> u64 {
+        self.base as u64 + handle as u64
     }
 }

@@ -1,14 +1,16 @@
 //! The block engine, with and without native blocks, against the per-instruction interpreter
-//! on random straight-line programs.
+//! on random programs.
 //!
 //! Each program is a random sequence of the instructions the block engine runs as fast forms
 //! (ALU, MOV/MOVZX/MOVSX/MOVSXD, LEA, INC/DEC, PUSH/POP, shifts and rotates, IMUL, CMOVcc) mixed
 //! with flag readers that go through the generic path (ADC/SBB, SETcc, PUSHF, Jcc over the
-//! next instructions) and near CALL/RET, on registers and on memory, in 64-bit and 32-bit code. The same program
-//! from the same state runs once through `Cpu::run` without a code tracker (every instruction
-//! through `Cpu::step`) and through the block engine with direct RAM (with large and tiny
-//! budgets, so deferred flags also cross calls), once interpreting its blocks and once running
-//! them as host code from their first run; registers, flags and memory must agree.
+//! next instructions) and near CALL/RET, on registers and on memory, in 64-bit and 32-bit
+//! code, run a few times in a loop that crosses a page boundary (so native blocks are linked
+//! and their links followed). The same program from the same state runs once through
+//! `Cpu::run` without a code tracker (every instruction through `Cpu::step`) and through the
+//! block engine with direct RAM (with large and tiny budgets, so deferred flags also cross
+//! calls), once interpreting its blocks and once running them as host code from their first
+//! run; registers, flags and memory must agree.
 
 use backend_emu::ExecMemory;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -72,11 +74,17 @@ impl Rng {
 const RAM: usize = 0x40_0000;
 const GDT: usize = 0x500;
 const PML4: usize = 0x2000;
-const CODE: u64 = 0x10000;
+/// Programs start shortly before a page boundary, so that their blocks also cross pages.
+const CODE: u64 = 0x10f40;
 const STACK_TOP: u64 = 0x30000;
 /// RBX/EBX points here; memory operands are [rbx + disp8] and [rbx + rsi*scale + disp8] with
 /// RSI kept small.
 const DATA: u64 = 0x20000;
+/// The loop counter: above the stack, beyond what memory operands reach (even when a byte
+/// write to BH moved RBX in 32-bit code).
+const COUNTER: u32 = 0x38000;
+/// Times each program's instructions run.
+const ROUNDS: u8 = 3;
 
 /// Registers a program may write: not RSP (stack), RBX (data pointer) or RSI (index).
 fn dst_reg(rng: &mut Rng, long: bool) -> u8 {
@@ -319,7 +327,8 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
     }
 }
 
-/// A random program: instructions, some preceded by a Jcc over the next one to three, then HLT.
+/// A random program: instructions, some preceded by a Jcc over the next one to three, run
+/// [`ROUNDS`] times (a loop on a counter in memory), then HLT.
 fn program(rng: &mut Rng, long: bool, len: usize) -> Vec<u8> {
     let insns: Vec<Vec<u8>> = (0..len).map(|_| instruction(rng, long)).collect();
     // Which instructions get a Jcc in front, over how many instructions (with their own Jcc).
@@ -339,6 +348,13 @@ fn program(rng: &mut Rng, long: bool, len: usize) -> Vec<u8> {
         }
         code.extend_from_slice(insn);
     }
+    // DEC dword [COUNTER] (absolute, through a SIB byte without base or index); JNZ rel32
+    // back to the start.
+    code.extend_from_slice(&[0xff, 0x0c, 0x25]);
+    code.extend_from_slice(&COUNTER.to_le_bytes());
+    let back = -(code.len() as i32 + 6);
+    code.extend_from_slice(&[0x0f, 0x85]);
+    code.extend_from_slice(&back.to_le_bytes());
     code.push(0xf4);
     code
 }
@@ -442,6 +458,7 @@ fn memory(code: &[u8], rng: &mut Rng) -> Vec<AtomicU8> {
     for k in 0..0x200 {
         mem[DATA as usize + k].store(rng.next() as u8, Ordering::Relaxed);
     }
+    mem[COUNTER as usize].store(ROUNDS, Ordering::Relaxed);
     mem
 }
 
@@ -490,4 +507,100 @@ fn random_programs_in_64_bit_code() {
 #[test]
 fn random_programs_in_32_bit_code() {
     differential(false, 0xc2b2_ae3d_27d4_eb4f, 400, 48);
+}
+
+/// Runs `pieces` (address, bytes) in 64-bit code from 0x10000 with native blocks from their
+/// first run and a budget that lets links be followed; returns EDX at HLT.
+fn run_linked(pieces: &[(usize, &[u8])], page_table: bool) -> u64 {
+    let mut cpu = cpu(true, &mut Rng(7));
+    cpu.state.rip = 0x10000;
+    cpu.state.gpr[2] = 0;
+    let mem: Vec<AtomicU8> = (0..RAM).map(|_| AtomicU8::new(0)).collect();
+    tables(&mem);
+    let put = |at: usize, bytes: &[u8]| {
+        for (k, b) in bytes.iter().enumerate() {
+            mem[at + k].store(*b, Ordering::Relaxed);
+        }
+    };
+    if page_table {
+        // 4 KiB pages for the first 2 MiB (identity), table at 0x5000.
+        put(PML4 + 0x2000, &0x5003u64.to_le_bytes());
+        for page in 0..512u64 {
+            put(
+                0x5000 + page as usize * 8,
+                &((page << 12) | 3).to_le_bytes(),
+            );
+        }
+    }
+    for (at, bytes) in pieces {
+        put(*at, bytes);
+    }
+    let tracker = Arc::new(CodeTracker::new(RAM as u64));
+    cpu.set_code_tracker(tracker.clone());
+    cpu.set_native_code(Box::new(ExecMemory::new().expect("executable memory")), 0);
+    run_to_halt(&mut cpu, &mem, Some(tracker), 10_000);
+    cpu.state.gpr[2]
+}
+
+#[test]
+fn linked_code_sees_a_rewritten_target_block() {
+    // A loop of four rounds jumps to a block that adds its MOV immediate to EDX; the second
+    // round rewrites that immediate. The jump is linked in the first round and followed in
+    // the second; the third must run the new bytes.
+    let edx = run_linked(
+        &[(
+            0x10000,
+            &[
+                0xb9, 4, 0, 0, 0, // mov ecx, 4
+                0xeb, 0x09, // jmp 0x10010
+                0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                0xeb, 0x0e, // 10010: jmp 0x10020
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                0xb8, 0x11, 0x11, 0x11, 0x11, // 10020: mov eax, 0x11111111
+                0x01, 0xc2, // add edx, eax
+                0x83, 0xf9, 0x03, // cmp ecx, 3
+                0x75, 0x0b, // jne 0x10037
+                0xc7, 0x04, 0x25, 0x21, 0x00, 0x01, 0x00, 0x22, 0x22, 0x22,
+                0x22, // mov dword [0x10021], 0x22222222
+                0xff, 0xc9, // 10037: dec ecx
+                0x75, 0xd5, // jnz 0x10010
+                0xf4, // hlt
+            ],
+        )],
+        false,
+    );
+    assert_eq!(edx, 0x6666_6666);
+}
+
+#[test]
+fn linked_code_follows_a_changed_translation() {
+    // A loop of four rounds calls linear 0x11000, whose code loads EAX; the second round maps
+    // that page to other code and flushes it with INVLPG. The call is linked in the first
+    // round and followed in the second; the third must reach the new page.
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0xb9, 4, 0, 0, 0, // mov ecx, 4
+                    0xeb, 0x09, // jmp 0x10010
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                    0xe8, 0xeb, 0x0f, 0x00, 0x00, // 10010: call 0x11000
+                    0x01, 0xc2, // add edx, eax
+                    0x83, 0xf9, 0x03, // cmp ecx, 3
+                    0x75, 0x14, // jne 0x10030
+                    0x48, 0xc7, 0x04, 0x25, 0x88, 0x50, 0x00, 0x00, 0x03, 0x20, 0x01,
+                    0x00, // mov qword [0x5088], 0x12003
+                    0x0f, 0x01, 0x3c, 0x25, 0x00, 0x10, 0x01, 0x00, // invlpg [0x11000]
+                    0xff, 0xc9, // 10030: dec ecx
+                    0x75, 0xdc, // jnz 0x10010
+                    0xf4, // hlt
+                ],
+            ),
+            (0x11000, &[0xb8, 0x11, 0x11, 0x11, 0x11, 0xc3]),
+            (0x12000, &[0xb8, 0x22, 0x22, 0x22, 0x22, 0xc3]),
+        ],
+        true,
+    );
+    assert_eq!(edx, 0x6666_6666);
 }

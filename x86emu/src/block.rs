@@ -20,6 +20,9 @@
 
 use crate::alu::{self, Shift, CF, STATUS, ZF};
 use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
+
+/// Link slots of one code generation before the code memory starts over.
+const MAX_LINKS: usize = 1 << 22;
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
 use crate::mmu::{Access, DataView};
 use crate::native::{self, NativeFrame};
@@ -812,11 +815,17 @@ impl Cpu {
         let mut unchecked = 0u32;
         // Valid together with `ctx` (recomputed whenever a block is looked up the full way).
         let mut view = self.data_view();
+        // The link slot (plus one), code generation and link stamp of the way out the last
+        // block's native code took: filled when the next block has native code for the same
+        // data view.
+        let mut link = Link::default();
         while *left > 0 {
             if self.state.wait_for_sipi || self.state.halted {
                 return Step::Halted;
             }
             let epoch = tracker.epoch();
+            let stamp = self.link_stamp(epoch);
+            let mut pending = std::mem::take(&mut link);
             let idx = if self.state.interrupt_shadow {
                 None
             } else if let Some(i) = ctx.and_then(|c| self.block_in_page(c, bus, epoch)) {
@@ -825,7 +834,11 @@ impl Cpu {
                 match self.block_for_rip(bus, epoch) {
                     Some((i, c)) => {
                         *ctx = c;
-                        view = self.data_view();
+                        let new = self.data_view();
+                        if !new.same(&view) {
+                            pending.slot = 0;
+                        }
+                        view = new;
                         self.check_ram_regions(bus);
                         Some(i)
                     }
@@ -849,9 +862,19 @@ impl Cpu {
                 continue;
             };
             let native = self.native_for(idx, &view);
+            if let Some(n) = native.filter(|_| pending.slot != 0 && pending.stamp == stamp) {
+                self.link(pending, n);
+            }
+            let chain = i64::from(256u32.saturating_sub(unchecked)).min(*left);
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
-            let (done, exit) = self.run_block(&insns, native, &view, bus, tracker, epoch, lz);
+            let (done, exit, slot) =
+                self.run_block(&insns, native, chain, &view, bus, tracker, epoch, stamp, lz);
             self.blocks.blocks[idx].insns = insns;
+            link = Link {
+                slot,
+                gen: self.native_gen,
+                stamp,
+            };
             *left -= i64::from(done);
             unchecked += done;
             match exit {
@@ -1026,15 +1049,44 @@ impl Cpu {
         b.insns = insns;
     }
 
-    /// The handle of the block's host code for `view`, translating the block once it ran
-    /// often enough; `None` when there is no code memory or the block has no native form.
-    fn native_for(&mut self, idx: usize, view: &DataView) -> Option<usize> {
+    /// The link stamp for code epoch `epoch` and the current translations.
+    #[inline]
+    fn link_stamp(&mut self, epoch: u64) -> u64 {
+        let basis = (epoch, self.tlb.changes());
+        if basis != self.link_basis {
+            self.link_basis = basis;
+            self.link_stamp += 1;
+        }
+        self.link_stamp
+    }
+
+    /// Fills the slot of `link` with the first instruction of `target`, if the slot is of the
+    /// current code generation and the code starts there.
+    fn link(&mut self, link: Link, target: NativeBlock) {
+        if link.gen != self.native_gen || target.gen != link.gen || target.entries & 1 == 0 {
+            return;
+        }
+        let Some(code) = self.native.as_ref() else {
+            return;
+        };
+        let address = code.address(target.handle);
+        if let Some(s) = usize::try_from(link.slot - 1)
+            .ok()
+            .and_then(|s| self.native_links.get_mut(s))
+        {
+            *s = [link.stamp, address];
+        }
+    }
+
+    /// The block's host code for `view`, translating the block once it ran often enough;
+    /// `None` when there is no code memory or the block has no native form.
+    fn native_for(&mut self, idx: usize, view: &DataView) -> Option<NativeBlock> {
         let gen = self.native_gen;
         let code = self.native.as_mut()?;
         let b = &mut self.blocks.blocks[idx];
         if let Some(n) = b.native {
             if n.gen == gen && n.view.same(view) {
-                return Some(n.handle);
+                return Some(n);
             }
         }
         if b.runs == u32::MAX {
@@ -1049,37 +1101,53 @@ impl Cpu {
             1 => 32,
             _ => 64,
         };
-        let Some(bytes) = crate::native::compile(&b.insns, view, bits) else {
+        let first_link = u32::try_from(self.native_links.len()).ok()?;
+        let Some(mut c) = crate::native::compile(&b.insns, view, bits, first_link) else {
             // Not again until the block is decoded anew.
             b.runs = u32::MAX;
             return None;
         };
         b.runs = 0;
-        let handle = match code.install(&bytes) {
+        let installed = if self.native_links.len() < MAX_LINKS {
+            code.install(&c.code)
+        } else {
+            None
+        };
+        let handle = match installed {
             Some(h) => h,
             None => {
                 // Full: start over with the blocks that run from now on.
                 code.clear();
                 self.native_gen += 1;
-                code.install(&bytes)?
+                self.native_links.clear();
+                c = crate::native::compile(&b.insns, view, bits, 0)?;
+                code.install(&c.code)?
             }
         };
-        b.native = Some(NativeBlock {
+        let links = self.native_links.len() + c.links as usize;
+        self.native_links.resize(links, [u64::MAX, 0]);
+        let n = NativeBlock {
             gen: self.native_gen,
             handle,
+            entries: c.entries,
+            dispatch: c.dispatch,
             view: *view,
-        });
-        Some(handle)
+        };
+        b.native = Some(n);
+        Some(n)
     }
 
-    /// Runs the host code of a block; returns the instructions it completed, the RIP after
-    /// them and whether the block is done.
+    /// Runs the host code of a block from instruction `pos`, following links while `chain`
+    /// instructions last.
     fn run_native(
         &mut self,
-        handle: usize,
+        n: NativeBlock,
+        pos: usize,
+        chain: i64,
         tracker: &crate::cache::CodeTracker,
+        stamp: u64,
         lz: &mut Lazy,
-    ) -> (usize, u64, bool) {
+    ) -> NativeRun {
         self.settle(lz);
         let (code_bits, code_words) = tracker.bitmap();
         let mut f = NativeFrame {
@@ -1088,25 +1156,43 @@ impl Cpu {
             code_bits,
             code_words,
             flags: (self.state.rflags & STATUS) | 2,
+            stamp,
+            chain,
+            links: self.native_links.as_ptr() as usize,
+            pos: pos as u64,
             ..NativeFrame::default()
         };
+        let offset = if pos == 0 { 0 } else { n.dispatch };
         if let Some(code) = self.native.as_mut() {
-            code.call(handle, &mut f);
+            code.call(n.handle, offset, &mut f);
         }
         self.state.rflags = (self.state.rflags & !STATUS) | (f.flags & STATUS);
-        let left = match f.exit {
-            native::EXIT_LEFT => true,
+        let completed = chain
+            .wrapping_sub(f.chain)
+            .wrapping_add(f.done as i64)
+            .clamp(0, i64::from(u32::MAX)) as u32;
+        let exit = match f.exit {
+            native::EXIT_LEFT => NativeExit::Left { link: f.link },
             native::EXIT_CODE_WRITE => {
                 tracker.note_write(f.note, 1);
-                true
+                NativeExit::Left { link: 0 }
             }
-            _ => false,
+            _ => NativeExit::Resume {
+                start: f.start,
+                done: f.done as usize,
+            },
         };
-        (f.done as usize, f.rip, left)
+        NativeRun {
+            completed,
+            rip: f.rip,
+            exit,
+        }
     }
 
-    /// Executes a block from its first instruction (its host code first, if it has some);
-    /// returns how many instructions completed and why it stopped.
+    /// Executes a block from its first instruction, in its host code where it has some and
+    /// otherwise in the interpreter; returns how many instructions completed (in blocks
+    /// linked to as well), why it stopped and the link slot (plus one, 0: none) of the way out
+    /// its host code took.
     ///
     /// Fast forms do not look at `state.rip` (their addresses and branch targets are
     /// pre-decoded), so RIP is carried in a local and written back before anything else runs:
@@ -1116,25 +1202,43 @@ impl Cpu {
     fn run_block(
         &mut self,
         insns: &[Decoded],
-        native: Option<usize>,
+        native: Option<NativeBlock>,
+        chain: i64,
         view: &DataView,
         bus: &mut dyn Bus,
         tracker: &crate::cache::CodeTracker,
         epoch: u64,
+        stamp: u64,
         lz: &mut Lazy,
-    ) -> (u32, BlockExit) {
-        let mut done = 0;
+    ) -> (u32, BlockExit, u64) {
+        let mut done = 0u32;
+        let mut pos = 0usize;
         let mut rip = self.state.rip;
-        if let Some(handle) = native {
-            let (n, next, left) = self.run_native(handle, tracker, lz);
-            done = n.min(insns.len()) as u32;
-            rip = next;
-            if left {
-                self.state.rip = rip;
-                return (done, BlockExit::Continue);
+        let start = rip;
+        loop {
+            if let Some(n) = native.filter(|n| pos < 64 && n.entries & (1 << pos) != 0) {
+                let r = self.run_native(n, pos, chain - i64::from(done), tracker, stamp, lz);
+                done = done.saturating_add(r.completed);
+                rip = r.rip;
+                match r.exit {
+                    NativeExit::Left { link } => {
+                        self.state.rip = rip;
+                        return (done, BlockExit::Continue, link);
+                    }
+                    NativeExit::Resume { start: s, done: at } => {
+                        if s != start || insns.get(at).is_none_or(|d| d.insn.ip() != rip) {
+                            // In a block linked to: the lookup finds the block at `rip`.
+                            self.state.rip = rip;
+                            return (done, BlockExit::Continue, 0);
+                        }
+                        pos = at;
+                    }
+                }
             }
-        }
-        for d in &insns[done as usize..] {
+            let Some(d) = insns.get(pos) else {
+                break;
+            };
+            pos += 1;
             let r = self.exec_decoded(d, rip, view, lz, bus);
             let next = match r {
                 Ok(next) => next,
@@ -1148,7 +1252,7 @@ impl Cpu {
                     }
                     if f.vector == RETRY {
                         // Another processor changed the locked operand: run the instruction again.
-                        return (done, BlockExit::Check);
+                        return (done, BlockExit::Check, 0);
                     }
                     if f.vector == 6 {
                         tracing::debug!(
@@ -1158,8 +1262,8 @@ impl Cpu {
                         );
                     }
                     return match self.raise(f, bus) {
-                        Step::TripleFault => (done, BlockExit::TripleFault),
-                        _ => (done + 1, BlockExit::Check),
+                        Step::TripleFault => (done, BlockExit::TripleFault, 0),
+                        _ => (done + 1, BlockExit::Check, 0),
                     };
                 }
             };
@@ -1170,7 +1274,7 @@ impl Cpu {
                 Flow::Next => {
                     if rip != d.next {
                         self.state.rip = rip;
-                        return (done, BlockExit::Continue);
+                        return (done, BlockExit::Continue, 0);
                     }
                 }
                 Flow::NextAfterStore => {
@@ -1178,12 +1282,12 @@ impl Cpu {
                     // itself; another processor's write is seen at the next store or block.
                     if rip != d.next || tracker.epoch() != epoch {
                         self.state.rip = rip;
-                        return (done, BlockExit::Continue);
+                        return (done, BlockExit::Continue, 0);
                     }
                 }
                 Flow::End => {
                     self.state.rip = rip;
-                    return (done, BlockExit::Continue);
+                    return (done, BlockExit::Continue, 0);
                 }
                 Flow::Exit => {
                     self.state.rip = rip;
@@ -1193,14 +1297,14 @@ impl Cpu {
                         self.state.interrupt_shadow = true;
                     }
                     if self.state.halted {
-                        return (done, BlockExit::Halted);
+                        return (done, BlockExit::Halted, 0);
                     }
-                    return (done, BlockExit::Check);
+                    return (done, BlockExit::Check, 0);
                 }
             }
         }
         self.state.rip = rip;
-        (done, BlockExit::Continue)
+        (done, BlockExit::Continue, 0)
     }
 
     #[inline(always)]
@@ -1693,6 +1797,33 @@ struct FetchCtx {
     limit: u64,
     lin_page: u64,
     phys_page: u64,
+}
+
+/// How a block's host code was left (see [`Cpu::run_native`]).
+enum NativeExit {
+    /// For a branch target or the next block (with the link slot plus one, 0: none).
+    Left { link: u64 },
+    /// Before instruction `done` of the block starting at `start`, for the interpreter.
+    Resume { start: u64, done: usize },
+}
+
+/// A way out of native code through a link slot, to be filled for the next block.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    /// The slot plus one (0: none).
+    slot: u64,
+    /// The code generation and link stamp it was taken in.
+    gen: u64,
+    stamp: u64,
+}
+
+/// What [`Cpu::run_native`] ran.
+struct NativeRun {
+    /// Instructions completed, in linked blocks as well.
+    completed: u32,
+    /// RIP where execution goes on.
+    rip: u64,
+    exit: NativeExit,
 }
 
 /// Why a block stopped.

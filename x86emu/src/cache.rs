@@ -201,6 +201,8 @@ pub(crate) struct Tlb {
     large: bool,
     /// Linear pages → RAM for the block engine's data accesses; flushed with the TLB.
     ram: Box<[RamEntry; RAM_ENTRIES]>,
+    /// Flushes so far, of single pages too (linked native code relies on translations).
+    changes: u64,
 }
 
 impl Tlb {
@@ -221,7 +223,13 @@ impl Tlb {
             gen: 1,
             large: false,
             ram: Box::new([RAM_EMPTY; RAM_ENTRIES]),
+            changes: 0,
         }
+    }
+
+    /// Flushes so far: translations are unchanged while this is.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The RAM entry slot of `lin`'s page.
@@ -281,11 +289,13 @@ impl Tlb {
 
     pub(crate) fn flush(&mut self) {
         self.gen += 1;
+        self.changes += 1;
         self.large = false;
         self.ram.fill(RAM_EMPTY);
     }
 
     pub(crate) fn flush_page(&mut self, lin: u64) {
+        self.changes += 1;
         if self.large {
             self.flush();
             return;
@@ -356,6 +366,10 @@ pub(crate) struct NativeBlock {
     /// The code memory generation it was installed in.
     pub(crate) gen: u64,
     pub(crate) handle: usize,
+    /// Instructions (a bit each) the code can start at (see [`crate::native::Compiled`]).
+    pub(crate) entries: u64,
+    /// Offset of the dispatch entry.
+    pub(crate) dispatch: usize,
     /// The data view the code was made for (its memory lookups depend on it).
     pub(crate) view: crate::mmu::DataView,
 }

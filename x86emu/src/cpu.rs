@@ -188,6 +188,14 @@ pub struct Cpu {
     pub(crate) native_gen: u64,
     /// Runs of a block before it gets native code.
     pub(crate) native_threshold: u32,
+    /// Link slots of the native code of this generation: the code epoch each was filled in
+    /// (`u64::MAX`: empty) and the host address of the code it leads to.
+    pub(crate) native_links: Vec<[u64; 2]>,
+    /// The link stamp: it changes whenever the code epoch or a translation may have, and link
+    /// slots are followed only in the stamp they were filled in.
+    pub(crate) link_stamp: u64,
+    /// The code epoch and TLB changes `link_stamp` stands for.
+    pub(crate) link_basis: (u64, u64),
     /// The `Bus::ram` regions the RAM entries were filled from: start, host address, length,
     /// writable.
     pub(crate) ram_print: Vec<(u64, usize, usize, bool)>,
@@ -218,6 +226,9 @@ impl Cpu {
             native: None,
             native_gen: 0,
             native_threshold: 0,
+            native_links: Vec::new(),
+            link_stamp: 0,
+            link_basis: (u64::MAX, u64::MAX),
             ram_print: Vec::new(),
         }
     }

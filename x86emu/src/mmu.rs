@@ -579,6 +579,7 @@ impl Cpu {
             } else {
                 u64::from(s.seg[seg::CS].limit)
             },
+            cs_base: if s.code64() { 0 } else { s.seg[seg::CS].base },
         };
         if s.code64() {
             v.base[seg::FS] = s.seg[seg::FS].base;
@@ -742,6 +743,8 @@ pub(crate) struct DataView {
     pub(crate) stack_mask: u64,
     /// Largest RIP outside 64-bit mode (the CS limit).
     pub(crate) cs_limit: u64,
+    /// CS base outside 64-bit mode (linked native code relies on it: see [`crate::native`]).
+    pub(crate) cs_base: u64,
 }
 
 impl DataView {
@@ -753,7 +756,8 @@ impl DataView {
             | (self.high ^ o.high)
             | (self.key ^ o.key)
             | (self.stack_mask ^ o.stack_mask)
-            | (self.cs_limit ^ o.cs_limit);
+            | (self.cs_limit ^ o.cs_limit)
+            | (self.cs_base ^ o.cs_base);
         for (a, b) in self.base.iter().zip(&o.base) {
             d |= a ^ b;
         }

@@ -15,8 +15,16 @@
 //!   instruction, which then runs in the interpreter. A store checks the code tracker after
 //!   writing and leaves the code when the page holds cached code.
 //!
-//! The code runs the block's instructions up to the first one without a native form, or until
-//! a taken branch.
+//! The code covers the whole block. An instruction without a native form leaves the code
+//! before it (the interpreter runs it); the instruction after it is an entry point, reached
+//! through the code's dispatch with the frame's `pos`.
+//!
+//! Blocks are chained: a way out to a constant guest address (a taken branch, a jump or call,
+//! the end of the block) goes through a link slot in the CPU's link table. Once the CPU has
+//! seen that exit and found native code for the block at that address (for the same data
+//! view), it fills the slot; from then on the code jumps straight to the next block's code
+//! while the CPU's link stamp (code epoch and translations) is the one the slot was filled
+//! under and the frame's instruction allowance (`chain`) lasts.
 
 use crate::alu::{Shift, AF, OF};
 use crate::block::{AluOp, Fast, Gpr, MemOp};
@@ -47,6 +55,19 @@ pub struct NativeFrame {
     pub(crate) exit: u64,
     /// Out, with [`EXIT_CODE_WRITE`]: physical page written.
     pub(crate) note: u64,
+    /// In: the CPU's link stamp (slots filled under another stamp are not followed).
+    pub(crate) stamp: u64,
+    /// In/out: instructions that may still complete in blocks left through links. An entry at
+    /// instruction `pos` adds `pos`; a link taken after `done` instructions subtracts `done`.
+    pub(crate) chain: i64,
+    /// In: address of the link table (two words per slot: stamp, host code address).
+    pub(crate) links: usize,
+    /// Out, with [`EXIT_LEFT`]: 1 + the link slot of the way out taken (0: none).
+    pub(crate) link: u64,
+    /// Out, with [`EXIT_RESUME`]: RIP of the first instruction of the block the code left.
+    pub(crate) start: u64,
+    /// In, for the code's dispatch entry: the instruction to start at.
+    pub(crate) pos: u64,
 }
 
 const F_GPR: i32 = 0;
@@ -58,8 +79,14 @@ const F_RIP: i32 = 40;
 const F_DONE: i32 = 48;
 const F_EXIT: i32 = 56;
 const F_NOTE: i32 = 64;
+const F_STAMP: i32 = 72;
+const F_CHAIN: i32 = 80;
+const F_LINKS: i32 = 88;
+const F_LINK: i32 = 96;
+const F_START: i32 = 104;
+const F_POS: i32 = 112;
 
-/// The interpreter goes on with instruction `done` of the block at `rip`.
+/// The interpreter goes on with instruction `done` of the block starting at `start`, at `rip`.
 pub(crate) const EXIT_RESUME: u64 = 0;
 /// A branch left the block: execution goes on at `rip`.
 pub(crate) const EXIT_LEFT: u64 = 1;
@@ -73,8 +100,23 @@ pub trait NativeCode: Send {
     fn install(&mut self, code: &[u8]) -> Option<usize>;
     /// Forgets all installed code; earlier handles are no longer used.
     fn clear(&mut self);
-    /// Runs the code of `handle` on `frame`.
-    fn call(&mut self, handle: usize, frame: &mut NativeFrame);
+    /// Runs the code at `handle` plus `offset` (an entry point the generator reported for
+    /// that code) on `frame`.
+    fn call(&mut self, handle: usize, offset: usize, frame: &mut NativeFrame);
+    /// The host address of the code of `handle`, which linked code jumps to.
+    fn address(&self, handle: usize) -> u64;
+}
+
+/// A block's host code as made by [`compile`].
+pub(crate) struct Compiled {
+    pub(crate) code: Vec<u8>,
+    /// Instructions (a bit each) the code can start at: the first with a native form, and each
+    /// that follows one without.
+    pub(crate) entries: u64,
+    /// Offset of the dispatch entry, which starts at the frame's `pos`.
+    pub(crate) dispatch: usize,
+    /// Link slots used (numbered from the `first_link` given to [`compile`]).
+    pub(crate) links: u32,
 }
 
 /// Offsets in [`RamEntry`](crate::cache::RamEntry) (`repr(C)`, 64 bytes).
@@ -229,25 +271,46 @@ fn props(f: &Fast) -> Props {
     p
 }
 
-/// Host code for the longest prefix of `insns` that has native forms under `view`; `None`
-/// when the first instruction has none.
-pub(crate) fn compile(insns: &[Decoded], view: &DataView, bits: u32) -> Option<Vec<u8>> {
-    if bits == 16 {
+/// Host code for the block `insns` under `view`, its link slots numbered from `first_link`;
+/// `None` when no instruction has a native form.
+pub(crate) fn compile(
+    insns: &[Decoded],
+    view: &DataView,
+    bits: u32,
+    first_link: u32,
+) -> Option<Compiled> {
+    // Slots are addressed with a 32-bit displacement (16 bytes each).
+    if bits == 16 || insns.len() > 64 || first_link > (i32::MAX as u32 / 16) - 65 {
         return None;
     }
-    let mut n = insns.iter().take_while(|d| supported(d, view)).count();
+    let mut native: Vec<bool> = insns.iter().map(|d| supported(d, view)).collect();
     // JMP, CALL and RET end the code (and the block).
-    if let Some(j) = insns[..n].iter().position(ends) {
-        n = j + 1;
+    if let Some(j) = insns.iter().position(ends) {
+        native.truncate(j + 1);
     }
-    if n == 0 {
+    let n = native.len();
+    let mut entries = 0u64;
+    for (i, &x) in native.iter().enumerate() {
+        if x && (i == 0 || !native[i - 1]) {
+            entries |= 1 << i;
+        }
+    }
+    if entries == 0 {
         return None;
     }
     // Flags liveness, backwards: after the last instruction the code is left.
     let mut capture = vec![false; n];
     let mut live = true;
     for i in (0..n).rev() {
-        let p = props(&insns[i].fast);
+        let p = if native[i] {
+            props(&insns[i].fast)
+        } else {
+            // Left to the interpreter: the code is left before it.
+            Props {
+                exit_before: true,
+                ..Props::default()
+            }
+        };
         let live_after = live || p.exit_after;
         capture[i] = p.writes && live_after;
         live = p.reads || p.exit_before || (live_after && !p.writes);
@@ -257,9 +320,27 @@ pub(crate) fn compile(insns: &[Decoded], view: &DataView, bits: u32) -> Option<V
         view,
         host_flags: false,
         stubs: Vec::new(),
+        start: insns[0].insn.ip(),
+        first_link,
+        links: 0,
     };
-    g.emit(&insns[..n], &capture).ok()?;
-    g.a.assemble(0).ok()
+    let dispatch = g.emit(&insns[..n], &native, &capture).ok()?;
+    let r =
+        g.a.assemble_options(
+            0,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .ok()?;
+    let dispatch = match dispatch {
+        Some(l) => r.label_ip(&l).ok()? as usize,
+        None => 0,
+    };
+    Some(Compiled {
+        code: r.inner.code_buffer,
+        entries,
+        dispatch,
+        links: g.links,
+    })
 }
 
 /// True for the instructions after which the code never goes on.
@@ -303,7 +384,7 @@ fn b8(h: H) -> AsmRegister8 {
 enum Stub {
     /// Before instruction `done` (at `rip`): the interpreter runs it.
     Resume { done: usize, rip: u64 },
-    /// A taken branch.
+    /// A taken branch to a constant address (through a link slot).
     Left { done: usize, rip: u64 },
     /// A store to a page with cached code (the page number is in r9).
     CodeWrite { done: usize, rip: u64 },
@@ -315,6 +396,11 @@ struct Gen<'v> {
     /// The host's status flags are the guest's.
     host_flags: bool,
     stubs: Vec<(CodeLabel, Stub)>,
+    /// RIP of the block's first instruction.
+    start: u64,
+    /// The first link slot of this code and the number used so far.
+    first_link: u32,
+    links: u32,
 }
 
 type Res = Result<(), IcedError>;
@@ -336,23 +422,41 @@ macro_rules! alu2 {
 }
 
 impl Gen<'_> {
-    fn emit(&mut self, insns: &[Decoded], capture: &[bool]) -> Res {
+    /// The code: the entry for instruction 0 at offset 0, the instructions, the ways out and
+    /// the dispatch entry (its label, when there are entries after instruction 0).
+    fn emit(
+        &mut self,
+        insns: &[Decoded],
+        native: &[bool],
+        capture: &[bool],
+    ) -> Result<Option<CodeLabel>, IcedError> {
         self.a.mov(rsi, qword_ptr(rdi + F_GPR))?;
         self.a.mov(r8, qword_ptr(rdi + F_RAM))?;
-        let mut ended = false;
+        let mut entries = Vec::new();
         for (i, d) in insns.iter().enumerate() {
+            if !native[i] {
+                self.resume(i, d.insn.ip())?;
+                continue;
+            }
+            if i > 0 && !native[i - 1] {
+                // Reached only through the dispatch (the instruction before left the code).
+                let mut l = self.a.create_label();
+                self.a.set_label(&mut l)?;
+                self.a.add(qword_ptr(rdi + F_CHAIN), i as i32)?;
+                self.host_flags = false;
+                entries.push((i, l));
+            }
             self.insn(i, d, capture[i])?;
-            ended |= ends(d);
         }
-        if !ended {
-            let last = &insns[insns.len() - 1];
-            self.exit(insns.len(), last.next, EXIT_RESUME)?;
+        let last = insns.len() - 1;
+        if native[last] && !ends(&insns[last]) {
+            self.leave(insns.len(), insns[last].next)?;
         }
         for (mut label, stub) in std::mem::take(&mut self.stubs) {
             self.a.set_label(&mut label)?;
             match stub {
-                Stub::Resume { done, rip } => self.exit(done, rip, EXIT_RESUME)?,
-                Stub::Left { done, rip } => self.exit(done, rip, EXIT_LEFT)?,
+                Stub::Resume { done, rip } => self.resume(done, rip)?,
+                Stub::Left { done, rip } => self.leave(done, rip)?,
                 Stub::CodeWrite { done, rip } => {
                     self.a.shl(r9, 12)?;
                     self.a.mov(qword_ptr(rdi + F_NOTE), r9)?;
@@ -360,7 +464,51 @@ impl Gen<'_> {
                 }
             }
         }
-        Ok(())
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut dispatch = self.a.create_label();
+        self.a.set_label(&mut dispatch)?;
+        self.a.mov(rsi, qword_ptr(rdi + F_GPR))?;
+        self.a.mov(r8, qword_ptr(rdi + F_RAM))?;
+        self.a.mov(rax, qword_ptr(rdi + F_POS))?;
+        for (i, l) in entries {
+            self.a.cmp(rax, i as i32)?;
+            self.a.je(l)?;
+        }
+        // Not an entry: the interpreter runs the block from its first instruction.
+        self.resume(0, self.start)?;
+        Ok(Some(dispatch))
+    }
+
+    /// Leaves the code before instruction `done` (at `rip`) for the interpreter.
+    fn resume(&mut self, done: usize, rip: u64) -> Res {
+        self.a.mov(rax, self.start)?;
+        self.a.mov(qword_ptr(rdi + F_START), rax)?;
+        self.exit(done, rip, EXIT_RESUME)
+    }
+
+    /// Leaves the code for the constant address `rip` after `done` instructions, through a
+    /// new link slot: straight to the linked code when the slot was filled under the frame's stamp and
+    /// the instruction allowance lasts.
+    fn leave(&mut self, done: usize, rip: u64) -> Res {
+        let slot = self.first_link + self.links;
+        self.links += 1;
+        // In range: `compile` leaves room for a slot per instruction and one more.
+        let at = (slot * 16) as i32;
+        let mut out = self.a.create_label();
+        self.a.mov(rax, qword_ptr(rdi + F_LINKS))?;
+        self.a.mov(rcx, qword_ptr(rdi + F_STAMP))?;
+        self.a.cmp(rcx, qword_ptr(rax + at))?;
+        self.a.jne(out)?;
+        self.a.mov(rcx, qword_ptr(rdi + F_CHAIN))?;
+        self.a.sub(rcx, done as i32)?;
+        self.a.jle(out)?;
+        self.a.mov(qword_ptr(rdi + F_CHAIN), rcx)?;
+        self.a.jmp(qword_ptr(rax + at + 8))?;
+        self.a.set_label(&mut out)?;
+        self.a.mov(qword_ptr(rdi + F_LINK), slot as i32 + 1)?;
+        self.exit(done, rip, EXIT_LEFT)
     }
 
     fn stub(&mut self, s: Stub) -> CodeLabel {
@@ -800,7 +948,7 @@ impl Gen<'_> {
                 });
                 self.jcc(cc, taken)?;
             }
-            Fast::Jmp { target } => self.exit(i + 1, target, EXIT_LEFT)?,
+            Fast::Jmp { target } => self.leave(i + 1, target)?,
             Fast::CmovRR { cc, dst, src } => {
                 self.load(src, H::Cx)?;
                 self.load(dst, H::Ax)?;
@@ -839,10 +987,10 @@ impl Gen<'_> {
                 Some(Branch::Call { size, target }) => self.call(i, d, size, target)?,
                 Some(Branch::Ret { size }) => self.ret(i, d, size)?,
                 // Not reached (see `supported`); the interpreter runs it.
-                None => self.exit(i, d.insn.ip(), EXIT_RESUME)?,
+                None => self.resume(i, d.insn.ip())?,
             },
             // Not reached (see `supported`).
-            Fast::ShiftRCl { .. } => self.exit(i, d.insn.ip(), EXIT_RESUME)?,
+            Fast::ShiftRCl { .. } => self.resume(i, d.insn.ip())?,
         }
         Ok(())
     }
@@ -911,7 +1059,7 @@ impl Gen<'_> {
         self.store_mem(size)?;
         self.set_rsp()?;
         self.code_check(i + 1, target)?;
-        self.exit(i + 1, target, EXIT_LEFT)
+        self.leave(i + 1, target)
     }
 
     /// Near RET: pops the return address and leaves for it (a target the interpreter would

@@ -9,7 +9,7 @@
 //! - an ALU instruction runs as the same host instruction, so its status flags are the host's.
 //!   They are written to the frame (`pushfq`) only when something may look at them before
 //!   the next instruction that sets them all: a flag reader, or any way out of the code.
-//!   SHL/SHR/SAR fix AF and OF up to the values the interpreter defines for them.
+//!   Shifts fix AF and OF, rotates CF and OF, up to the values the interpreter defines.
 //! - a memory operand is looked up inline in the per-CPU RAM entries (the same ones the block
 //!   engine uses) for the data view the code was made for; a miss leaves the code before the
 //!   instruction, which then runs in the interpreter. A store checks the code tracker after
@@ -174,12 +174,12 @@ fn supported(d: &Decoded, view: &DataView) -> bool {
     let mem = |m: &MemOp, write: bool| view.direct(m.seg as usize, m.amask, write);
     match &d.fast {
         Fast::Generic => branch(&d.insn, view).is_some(),
-        Fast::ShiftRCl { .. } => false,
+        // By CL: 32- and 64-bit operands, where the host's CF is defined for every count.
+        Fast::ShiftRCl { op, r } => r.size >= 4 && !rotate(*op),
         Fast::ImulRR { .. } => true,
         Fast::ImulRM { m, .. } => mem(m, false),
         Fast::ShiftRI { op, r, count } => {
-            shift_count(*r, *count) == 0
-                || matches!(op, Shift::Shl | Shift::Sal | Shift::Shr | Shift::Sar)
+            shift_count(*r, *count) == 0 || !matches!(op, Shift::Rcl | Shift::Rcr)
         }
         Fast::Load { m, .. } | Fast::AluRM { m, .. } | Fast::CmovRM { m, .. } => mem(m, false),
         Fast::StoreR { m, .. } | Fast::StoreI { m, .. } => mem(m, true),
@@ -194,6 +194,11 @@ fn supported(d: &Decoded, view: &DataView) -> bool {
 /// The masked count of a shift.
 fn shift_count(r: Gpr, count: u8) -> u8 {
     count & if r.size == 8 { 0x3f } else { 0x1f }
+}
+
+/// ROL/ROR/RCL/RCR (which keep SF, ZF, AF and PF).
+fn rotate(op: Shift) -> bool {
+    matches!(op, Shift::Rol | Shift::Ror | Shift::Rcl | Shift::Rcr)
 }
 
 fn writes_back(op: AluOp) -> bool {
@@ -211,6 +216,8 @@ struct Props {
     reads: bool,
     /// Writes all status flags.
     writes: bool,
+    /// May write some of them (and keeps the rest).
+    partial: bool,
     /// May leave the code before it runs (a RAM entry miss).
     exit_before: bool,
     /// May leave the code after it ran (a taken branch, a store to a code page).
@@ -250,7 +257,19 @@ fn props(f: &Fast) -> Props {
             p.writes = true;
         }
         Fast::NegR { .. } => p.writes = true,
-        Fast::ShiftRI { r, count, .. } => p.writes = shift_count(r, count) != 0,
+        Fast::ShiftRI { op, r, count } if shift_count(r, count) != 0 => {
+            if rotate(op) {
+                p.reads = true;
+                p.partial = true;
+            } else {
+                p.writes = true;
+            }
+        }
+        // A count of 0 keeps the flags.
+        Fast::ShiftRCl { .. } => {
+            p.reads = true;
+            p.partial = true;
+        }
         Fast::Load { .. } | Fast::Pop { .. } => p.exit_before = true,
         Fast::CmovRM { .. } => {
             p.reads = true;
@@ -312,7 +331,7 @@ pub(crate) fn compile(
             }
         };
         let live_after = live || p.exit_after;
-        capture[i] = p.writes && live_after;
+        capture[i] = (p.writes || p.partial) && live_after;
         live = p.reads || p.exit_before || (live_after && !p.writes);
     }
     let mut g = Gen {
@@ -989,8 +1008,7 @@ impl Gen<'_> {
                 // Not reached (see `supported`); the interpreter runs it.
                 None => self.resume(i, d.insn.ip())?,
             },
-            // Not reached (see `supported`).
-            Fast::ShiftRCl { .. } => self.resume(i, d.insn.ip())?,
+            Fast::ShiftRCl { op, r } => self.shift_cl(op, r, capture)?,
         }
         Ok(())
     }
@@ -1099,8 +1117,8 @@ impl Gen<'_> {
         self.a.mov(qword_ptr(rsi + 4 * 8), rax)
     }
 
-    /// SHL/SAL/SHR/SAR by a constant (any shift by a masked count of 0, which only writes the
-    /// register back).
+    /// SHL/SAL/SHR/SAR, ROL/ROR by a constant (any shift by a masked count of 0, which only
+    /// writes the register back).
     fn shift(&mut self, op: Shift, r: Gpr, count: u8, capture: bool) -> Res {
         let c = shift_count(r, count);
         self.load(r, H::Ax)?;
@@ -1108,12 +1126,15 @@ impl Gen<'_> {
             return self.store(r, H::Ax);
         }
         self.a.mov(rdx, rax)?;
+        let c = u32::from(c);
         macro_rules! sh {
             ($reg:expr) => {
                 match op {
-                    Shift::Shl | Shift::Sal => self.a.shl($reg, u32::from(c)),
-                    Shift::Shr => self.a.shr($reg, u32::from(c)),
-                    _ => self.a.sar($reg, u32::from(c)),
+                    Shift::Shl | Shift::Sal => self.a.shl($reg, c),
+                    Shift::Shr => self.a.shr($reg, c),
+                    Shift::Rol => self.a.rol($reg, c),
+                    Shift::Ror => self.a.ror($reg, c),
+                    _ => self.a.sar($reg, c),
                 }
             };
         }
@@ -1125,26 +1146,92 @@ impl Gen<'_> {
         }
         self.host_flags = false;
         if capture {
-            // AF cleared; OF as for a one-bit shift of the original value (the interpreter's
-            // choice where the architecture leaves them undefined).
-            let msb = u32::from(r.size) * 8 - 1;
-            self.a.pushfq()?;
-            self.a.pop(rcx)?;
-            self.a.and(rcx, !((AF | OF) as i32))?;
-            match op {
-                Shift::Shl | Shift::Sal => {
-                    self.a.lea(r9, qword_ptr(rdx + rdx))?;
-                    self.a.xor(r9, rdx)?;
-                }
-                Shift::Shr => self.a.mov(r9, rdx)?,
-                _ => self.a.xor(r9d, r9d)?,
+            if rotate(op) {
+                self.rotate_flags(op, r.size)?;
+            } else {
+                self.shift_flags(op, r.size)?;
             }
-            self.a.shr(r9, msb)?;
-            self.a.and(r9d, 1)?;
-            self.a.shl(r9d, 11)?;
-            self.a.or(rcx, r9)?;
-            self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
         }
         self.store(r, H::Ax)
+    }
+
+    /// SHL/SAL/SHR/SAR of a 32- or 64-bit register by CL (a masked count of 0 keeps the
+    /// flags and writes the register back).
+    fn shift_cl(&mut self, op: Shift, r: Gpr, capture: bool) -> Res {
+        let mut skip = self.a.create_label();
+        self.load(r, H::Ax)?;
+        self.a.mov(rdx, rax)?;
+        self.a.movzx(ecx, byte_ptr(rsi + 8))?;
+        self.a.and(ecx, if r.size == 8 { 0x3f } else { 0x1f })?;
+        self.a.jz(skip)?;
+        macro_rules! sh {
+            ($reg:expr) => {
+                match op {
+                    Shift::Shl | Shift::Sal => self.a.shl($reg, cl),
+                    Shift::Shr => self.a.shr($reg, cl),
+                    _ => self.a.sar($reg, cl),
+                }
+            };
+        }
+        if r.size == 8 {
+            sh!(rax)?;
+        } else {
+            sh!(eax)?;
+        }
+        if capture {
+            self.shift_flags(op, r.size)?;
+        }
+        self.a.set_label(&mut skip)?;
+        self.host_flags = false;
+        self.store(r, H::Ax)
+    }
+
+    /// The guest flags after a shift (host flags) of the value in rdx: AF cleared, OF as for a
+    /// one-bit shift of the original value (the interpreter's choice where the architecture
+    /// leaves them undefined).
+    fn shift_flags(&mut self, op: Shift, size: u8) -> Res {
+        let msb = u32::from(size) * 8 - 1;
+        self.a.pushfq()?;
+        self.a.pop(rcx)?;
+        self.a.and(rcx, !((AF | OF) as i32))?;
+        match op {
+            Shift::Shl | Shift::Sal => {
+                self.a.lea(r9, qword_ptr(rdx + rdx))?;
+                self.a.xor(r9, rdx)?;
+            }
+            Shift::Shr => self.a.mov(r9, rdx)?,
+            _ => self.a.xor(r9d, r9d)?,
+        }
+        self.a.shr(r9, msb)?;
+        self.a.and(r9d, 1)?;
+        self.a.shl(r9d, 11)?;
+        self.a.or(rcx, r9)?;
+        self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)
+    }
+
+    /// The guest flags after ROL/ROR (result in rax, original value in rdx): CF from the
+    /// result, OF as for a one-bit rotate of the original value, the rest kept.
+    fn rotate_flags(&mut self, op: Shift, size: u8) -> Res {
+        let msb = u32::from(size) * 8 - 1;
+        self.a.mov(rcx, qword_ptr(rdi + F_FLAGS))?;
+        self.a.and(rcx, !((crate::alu::CF | OF) as i32))?;
+        self.a.mov(r9, rax)?;
+        if op == Shift::Ror {
+            self.a.shr(r9, msb)?;
+        }
+        self.a.and(r9d, 1)?;
+        self.a.or(rcx, r9)?;
+        if op == Shift::Rol {
+            self.a.lea(r9, qword_ptr(rdx + rdx))?;
+        } else {
+            self.a.mov(r9, rdx)?;
+            self.a.shl(r9, msb)?;
+        }
+        self.a.xor(r9, rdx)?;
+        self.a.shr(r9, msb)?;
+        self.a.and(r9d, 1)?;
+        self.a.shl(r9d, 11)?;
+        self.a.or(rcx, r9)?;
+        self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)
     }
 }

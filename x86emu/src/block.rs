@@ -21,6 +21,9 @@
 use crate::alu::{self, Shift, CF, STATUS, ZF};
 use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
 
+/// Instructions the block engine runs at most between two questions to its stop condition.
+pub(crate) const CHECK_INTERVAL: u32 = 1024;
+
 /// Link slots of one code generation before the code memory starts over.
 const MAX_LINKS: usize = 1 << 22;
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
@@ -766,7 +769,7 @@ impl Cpu {
     /// Runs instructions until `budget` of them executed, the processor halts or shuts down,
     /// or `stop` returns true. `stop` is asked after every instruction that may have changed
     /// whether interrupts are deliverable (the interrupt flag, the interrupt shadow), after
-    /// faults, and otherwise at least every 256 instructions.
+    /// faults, and otherwise at least every 1024 instructions.
     ///
     /// Returns [`Step::Executed`] when the budget ran out or `stop` asked to stop. Without a
     /// code tracker every instruction goes through [`Cpu::step`].
@@ -865,7 +868,7 @@ impl Cpu {
             if let Some(n) = native.filter(|_| pending.slot != 0 && pending.stamp == stamp) {
                 self.link(pending, n);
             }
-            let chain = i64::from(256u32.saturating_sub(unchecked)).min(*left);
+            let chain = i64::from(CHECK_INTERVAL.saturating_sub(unchecked)).min(*left);
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
             let (done, exit, slot) =
                 self.run_block(&insns, native, chain, &view, bus, tracker, epoch, stamp, lz);
@@ -879,7 +882,7 @@ impl Cpu {
             unchecked += done;
             match exit {
                 BlockExit::Continue => {
-                    if unchecked < 256 {
+                    if unchecked < CHECK_INTERVAL {
                         continue;
                     }
                 }

@@ -356,7 +356,7 @@ pub(crate) struct Block {
     pub(crate) insns: Vec<Decoded>,
     /// Times the block ran since it was decoded (counts up to the native threshold).
     pub(crate) runs: u32,
-    /// Host code for the block's first instructions, if made.
+    /// Host code for the block, if made.
     pub(crate) native: Option<NativeBlock>,
 }
 

@@ -1,4 +1,4 @@
-//! Native blocks: the fast-form prefix of a block translated to host x86-64 code.
+//! Native blocks: blocks translated to host x86-64 code, and linked to each other.
 //!
 //! The generator here is plain safe Rust that produces bytes; a backend that can run host
 //! code supplies the executable memory through [`NativeCode`]. Generated code follows one

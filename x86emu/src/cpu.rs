@@ -239,6 +239,7 @@ impl Cpu {
         self.native = Some(code);
         self.native_threshold = threshold;
         self.native_gen += 1;
+        self.native_links.clear();
     }
 
     /// Forgets the RAM entries when the bus's direct RAM differs from the one they were

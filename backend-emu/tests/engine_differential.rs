@@ -604,3 +604,77 @@ fn linked_code_follows_a_changed_translation() {
     );
     assert_eq!(edx, 0x6666_6666);
 }
+
+#[test]
+fn returns_see_a_rewritten_return_target() {
+    // A loop of four rounds calls a RET whose return target adds its MOV immediate to EDX;
+    // the second round rewrites that immediate. The return goes through the jump cache from
+    // the second round on; the third must run the new bytes.
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0xb9, 4, 0, 0, 0, // mov ecx, 4
+                    0xeb, 0x09, // jmp 0x10010
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                    0xe8, 0xeb, 0x0f, 0x00, 0x00, // 10010: call 0x11000
+                    0xb8, 0x11, 0x11, 0x11, 0x11, // 10015: mov eax, 0x11111111
+                    0x01, 0xc2, // add edx, eax
+                    0x83, 0xf9, 0x03, // cmp ecx, 3
+                    0x75, 0x0b, // jne 0x1002c
+                    0xc7, 0x04, 0x25, 0x16, 0x00, 0x01, 0x00, 0x22, 0x22, 0x22,
+                    0x22, // mov dword [0x10016], 0x22222222
+                    0xff, 0xc9, // 1002c: dec ecx
+                    0x75, 0xe0, // jnz 0x10010
+                    0xf4, // hlt
+                ],
+            ),
+            (0x11000, &[0xc3]),
+        ],
+        false,
+    );
+    assert_eq!(edx, 0x6666_6666);
+}
+
+#[test]
+fn returns_keep_to_their_data_view() {
+    // A loop of four rounds calls a RET whose return target adds the dword at GS:0 to EBP;
+    // the second round moves the GS base (WRMSR). Code made for the old base is in the jump
+    // cache; the returns after the move must reach code made for the new one.
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0xb9, 0x01, 0x01, 0x00, 0xc0, // mov ecx, 0xc0000101 (GS base)
+                    0xb8, 0x00, 0x00, 0x02, 0x00, // mov eax, 0x20000
+                    0x31, 0xd2, // xor edx, edx
+                    0x0f, 0x30, // wrmsr
+                    0xbb, 0x04, 0x00, 0x00, 0x00, // mov ebx, 4
+                    0x31, 0xed, // xor ebp, ebp
+                    0xeb, 0x09, // jmp 0x10020
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                    0xe8, 0xdb, 0x0f, 0x00, 0x00, // 10020: call 0x11000
+                    0x65, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x00, // mov eax, gs:[0]
+                    0x01, 0xc5, // add ebp, eax
+                    0x83, 0xfb, 0x03, // cmp ebx, 3
+                    0x75, 0x0e, // jne 0x10042
+                    0xb9, 0x01, 0x01, 0x00, 0xc0, // mov ecx, 0xc0000101
+                    0xb8, 0x00, 0x00, 0x03, 0x00, // mov eax, 0x30000
+                    0x31, 0xd2, // xor edx, edx
+                    0x0f, 0x30, // wrmsr
+                    0xff, 0xcb, // 10042: dec ebx
+                    0x75, 0xda, // jnz 0x10020
+                    0x89, 0xea, // mov edx, ebp
+                    0xf4, // hlt
+                ],
+            ),
+            (0x11000, &[0xc3]),
+            (0x20000, &[0x11, 0x11, 0x11, 0x11]),
+            (0x30000, &[0x22, 0x22, 0x22, 0x22]),
+        ],
+        false,
+    );
+    assert_eq!(edx, 0x6666_6666);
+}

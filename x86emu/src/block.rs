@@ -24,6 +24,13 @@ use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
 /// Instructions the block engine runs at most between two questions to its stop condition.
 pub(crate) const CHECK_INTERVAL: u32 = 1024;
 
+/// Largest number of data views native code of one generation is made for.
+const MAX_VIEWS: usize = 64;
+
+/// The slot of a way out (see [`Link`]) that was a RET the jump cache missed: the entry for
+/// the next block is filled.
+const JUMPED: u64 = u64::MAX;
+
 /// Link slots of one code generation before the code memory starts over.
 const MAX_LINKS: usize = 1 << 22;
 use crate::cpu::{Bus, Cpu, Step, R, RETRY};
@@ -1063,8 +1070,9 @@ impl Cpu {
         self.link_stamp
     }
 
-    /// Fills the slot of `link` with the first instruction of `target`, if the slot is of the
-    /// current code generation and the code starts there.
+    /// Fills the slot of `link` (or, for [`JUMPED`], the jump cache entry of the current RIP)
+    /// with the first instruction of `target`, if the slot is of the current code generation
+    /// and the code starts there.
     fn link(&mut self, link: Link, target: NativeBlock) {
         if link.gen != self.native_gen || target.gen != link.gen || target.entries & 1 == 0 {
             return;
@@ -1073,7 +1081,12 @@ impl Cpu {
             return;
         };
         let address = code.address(target.handle);
-        if let Some(s) = usize::try_from(link.slot - 1)
+        if link.slot == JUMPED {
+            let rip = self.state.rip;
+            if let Some(e) = self.native_jumps.get_mut(native::jump_index(rip)) {
+                *e = [rip, link.stamp, u64::from(target.view_id), address];
+            }
+        } else if let Some(s) = usize::try_from(link.slot - 1)
             .ok()
             .and_then(|s| self.native_links.get_mut(s))
         {
@@ -1105,26 +1118,36 @@ impl Cpu {
             _ => 64,
         };
         let first_link = u32::try_from(self.native_links.len()).ok()?;
-        let Some(mut c) = crate::native::compile(&b.insns, view, bits, first_link) else {
+        let known = self.native_views.iter().position(|v| v.same(view));
+        let mut view_id = known.unwrap_or(self.native_views.len());
+        let Some(mut c) = crate::native::compile(&b.insns, view, view_id as u32, bits, first_link)
+        else {
             // Not again until the block is decoded anew.
             b.runs = u32::MAX;
             return None;
         };
         b.runs = 0;
-        let installed = if self.native_links.len() < MAX_LINKS {
+        let installed = if self.native_links.len() < MAX_LINKS && view_id < MAX_VIEWS {
             code.install(&c.code)
         } else {
             None
         };
         let handle = match installed {
-            Some(h) => h,
+            Some(h) => {
+                if known.is_none() {
+                    self.native_views.push(*view);
+                }
+                h
+            }
             None => {
                 // Full: start over with the blocks that run from now on.
                 code.clear();
-                self.native_gen += 1;
-                self.native_links.clear();
-                c = crate::native::compile(&b.insns, view, bits, 0)?;
-                code.install(&c.code)?
+                self.new_native_generation();
+                self.native_views.push(*view);
+                view_id = 0;
+                let b = &self.blocks.blocks[idx];
+                c = crate::native::compile(&b.insns, view, 0, bits, 0)?;
+                self.native.as_mut()?.install(&c.code)?
             }
         };
         let links = self.native_links.len() + c.links as usize;
@@ -1135,8 +1158,9 @@ impl Cpu {
             entries: c.entries,
             dispatch: c.dispatch,
             view: *view,
+            view_id: view_id as u32,
         };
-        b.native = Some(n);
+        self.blocks.blocks[idx].native = Some(n);
         Some(n)
     }
 
@@ -1162,6 +1186,7 @@ impl Cpu {
             stamp,
             chain,
             links: self.native_links.as_ptr() as usize,
+            jumps: self.native_jumps.as_ptr() as usize,
             pos: pos as u64,
             ..NativeFrame::default()
         };
@@ -1176,6 +1201,7 @@ impl Cpu {
             .clamp(0, i64::from(u32::MAX)) as u32;
         let exit = match f.exit {
             native::EXIT_LEFT => NativeExit::Left { link: f.link },
+            native::EXIT_JUMP => NativeExit::Left { link: JUMPED },
             native::EXIT_CODE_WRITE => {
                 tracker.note_write(f.note, 1);
                 NativeExit::Left { link: 0 }

@@ -372,6 +372,8 @@ pub(crate) struct NativeBlock {
     pub(crate) dispatch: usize,
     /// The data view the code was made for (its memory lookups depend on it).
     pub(crate) view: crate::mmu::DataView,
+    /// The view's number among the CPU's views of this generation (for the jump cache).
+    pub(crate) view_id: u32,
 }
 
 /// Per-CPU decoded blocks, direct-mapped by physical address. Entries decoded before the

@@ -191,6 +191,11 @@ pub struct Cpu {
     /// Link slots of the native code of this generation: the code epoch each was filled in
     /// (`u64::MAX`: empty) and the host address of the code it leads to.
     pub(crate) native_links: Vec<[u64; 2]>,
+    /// The data views native code of this generation was made for, numbered by position.
+    pub(crate) native_views: Vec<crate::mmu::DataView>,
+    /// The jump cache (see [`crate::native`]): RIP, link stamp (`u64::MAX`: empty), view
+    /// number and host code address.
+    pub(crate) native_jumps: Vec<[u64; 4]>,
     /// The link stamp: it changes whenever the code epoch or a translation may have, and link
     /// slots are followed only in the stamp they were filled in.
     pub(crate) link_stamp: u64,
@@ -227,6 +232,8 @@ impl Cpu {
             native_gen: 0,
             native_threshold: 0,
             native_links: Vec::new(),
+            native_views: Vec::new(),
+            native_jumps: Vec::new(),
             link_stamp: 0,
             link_basis: (u64::MAX, u64::MAX),
             ram_print: Vec::new(),
@@ -238,8 +245,18 @@ impl Cpu {
     pub fn set_native_code(&mut self, code: Box<dyn crate::native::NativeCode>, threshold: u32) {
         self.native = Some(code);
         self.native_threshold = threshold;
+        self.new_native_generation();
+    }
+
+    /// Starts a new generation of native code: links, views and jump cache entries of the
+    /// code made so far are forgotten.
+    pub(crate) fn new_native_generation(&mut self) {
         self.native_gen += 1;
         self.native_links.clear();
+        self.native_views.clear();
+        self.native_jumps.clear();
+        self.native_jumps
+            .resize(crate::native::JUMP_ENTRIES, [0, u64::MAX, 0, 0]);
     }
 
     /// Forgets the RAM entries when the bus's direct RAM differs from the one they were

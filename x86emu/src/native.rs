@@ -25,6 +25,11 @@
 //! view), it fills the slot; from then on the code jumps straight to the next block's code
 //! while the CPU's link stamp (code epoch and translations) is the one the slot was filled
 //! under and the frame's instruction allowance (`chain`) lasts.
+//!
+//! A RET goes on through the CPU's jump cache: entries map a RIP to the host code of the
+//! block there, for one data view and link stamp. A hit under the code's own view and the
+//! current stamp jumps straight there; a miss leaves the code, and the CPU fills the entry
+//! once it found native code for the block at that RIP.
 
 use crate::alu::{Shift, AF, OF};
 use crate::block::{AluOp, Fast, Gpr, MemOp};
@@ -68,6 +73,9 @@ pub struct NativeFrame {
     pub(crate) start: u64,
     /// In, for the code's dispatch entry: the instruction to start at.
     pub(crate) pos: u64,
+    /// In: address of the jump cache ([`JUMP_ENTRIES`] entries of four words: RIP, link
+    /// stamp, view number, host code address).
+    pub(crate) jumps: usize,
 }
 
 const F_GPR: i32 = 0;
@@ -85,6 +93,15 @@ const F_LINKS: i32 = 88;
 const F_LINK: i32 = 96;
 const F_START: i32 = 104;
 const F_POS: i32 = 112;
+const F_JUMPS: i32 = 120;
+
+/// Entries of the jump cache (a power of two).
+pub(crate) const JUMP_ENTRIES: usize = 4096;
+
+/// The jump cache entry for `rip`.
+pub(crate) fn jump_index(rip: u64) -> usize {
+    ((rip ^ (rip >> 12)) as usize) & (JUMP_ENTRIES - 1)
+}
 
 /// The interpreter goes on with instruction `done` of the block starting at `start`, at `rip`.
 pub(crate) const EXIT_RESUME: u64 = 0;
@@ -92,6 +109,8 @@ pub(crate) const EXIT_RESUME: u64 = 0;
 pub(crate) const EXIT_LEFT: u64 = 1;
 /// Instruction `done - 1` wrote to page `note`, which holds cached code.
 pub(crate) const EXIT_CODE_WRITE: u64 = 2;
+/// A RET left the block for `rip`, which the jump cache did not hold.
+pub(crate) const EXIT_JUMP: u64 = 3;
 
 /// Executable memory for native blocks, provided by a backend that can run host code.
 pub trait NativeCode: Send {
@@ -290,16 +309,21 @@ fn props(f: &Fast) -> Props {
     p
 }
 
-/// Host code for the block `insns` under `view`, its link slots numbered from `first_link`;
-/// `None` when no instruction has a native form.
+/// Host code for the block `insns` under `view` (numbered `view_id` among the CPU's views),
+/// its link slots numbered from `first_link`; `None` when no instruction has a native form.
 pub(crate) fn compile(
     insns: &[Decoded],
     view: &DataView,
+    view_id: u32,
     bits: u32,
     first_link: u32,
 ) -> Option<Compiled> {
     // Slots are addressed with a 32-bit displacement (16 bytes each).
-    if bits == 16 || insns.len() > 64 || first_link > (i32::MAX as u32 / 16) - 65 {
+    if bits == 16
+        || insns.len() > 64
+        || first_link > (i32::MAX as u32 / 16) - 65
+        || view_id > i32::MAX as u32
+    {
         return None;
     }
     let mut native: Vec<bool> = insns.iter().map(|d| supported(d, view)).collect();
@@ -337,6 +361,7 @@ pub(crate) fn compile(
     let mut g = Gen {
         a: CodeAssembler::new(64).ok()?,
         view,
+        view_id,
         host_flags: false,
         stubs: Vec::new(),
         start: insns[0].insn.ip(),
@@ -412,6 +437,8 @@ enum Stub {
 struct Gen<'v> {
     a: CodeAssembler,
     view: &'v DataView,
+    /// The view's number in the jump cache.
+    view_id: u32,
     /// The host's status flags are the guest's.
     host_flags: bool,
     stubs: Vec<(CodeLabel, Stub)>,
@@ -1097,9 +1124,37 @@ impl Gen<'_> {
             self.a.ja(slow)?;
         }
         self.set_rsp()?;
+        self.jump(i + 1)
+    }
+
+    /// Goes on at the RIP in rcx after `done` instructions: straight to the code the jump
+    /// cache holds for it under this code's view and the frame's stamp, while the instruction
+    /// allowance lasts; else leaves with [`EXIT_JUMP`].
+    fn jump(&mut self, done: usize) -> Res {
+        let mut miss = self.a.create_label();
+        self.a.mov(rax, rcx)?;
+        self.a.shr(rax, 12)?;
+        self.a.xor(rax, rcx)?;
+        self.a.and(eax, (JUMP_ENTRIES - 1) as i32)?;
+        self.a.shl(eax, 5)?;
+        self.a.add(rax, qword_ptr(rdi + F_JUMPS))?;
+        self.a.cmp(rcx, qword_ptr(rax))?;
+        self.a.jne(miss)?;
+        self.a.mov(rdx, qword_ptr(rdi + F_STAMP))?;
+        self.a.cmp(rdx, qword_ptr(rax + 8))?;
+        self.a.jne(miss)?;
+        self.a.cmp(qword_ptr(rax + 16), self.view_id as i32)?;
+        self.a.jne(miss)?;
+        self.a.mov(rdx, qword_ptr(rdi + F_CHAIN))?;
+        self.a.sub(rdx, done as i32)?;
+        self.a.jle(miss)?;
+        self.a.mov(qword_ptr(rdi + F_CHAIN), rdx)?;
+        self.a.jmp(qword_ptr(rax + 24))?;
+        self.a.set_label(&mut miss)?;
+        self.host_flags = false;
         self.a.mov(qword_ptr(rdi + F_RIP), rcx)?;
-        self.a.mov(qword_ptr(rdi + F_DONE), (i + 1) as i32)?;
-        self.a.mov(qword_ptr(rdi + F_EXIT), EXIT_LEFT as i32)?;
+        self.a.mov(qword_ptr(rdi + F_DONE), done as i32)?;
+        self.a.mov(qword_ptr(rdi + F_EXIT), EXIT_JUMP as i32)?;
         self.a.ret()
     }
 

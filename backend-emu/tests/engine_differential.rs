@@ -678,3 +678,65 @@ fn returns_keep_to_their_data_view() {
     );
     assert_eq!(edx, 0x6666_6666);
 }
+
+#[test]
+fn native_loads_that_cross_a_page_see_both_translations() {
+    // A loop of four rounds loads from linear page 0x20000 (so its RAM entry is filled) and
+    // then the dword at 0x20ffe, whose second half lies on linear 0x21000, mapped to physical
+    // 0x23000 (not the physical page after 0x20000).
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0xb9, 4, 0, 0, 0, // mov ecx, 4
+                    0x8b, 0x1c, 0x25, 0x00, 0x00, 0x02, 0x00, // 10005: mov ebx, [0x20000]
+                    0x8b, 0x04, 0x25, 0xfe, 0x0f, 0x02, 0x00, // mov eax, [0x20ffe]
+                    0x01, 0xc2, // add edx, eax
+                    0xff, 0xc9, // dec ecx
+                    0x75, 0xec, // jnz 0x10005
+                    0xf4, // hlt
+                ],
+            ),
+            (0x5000 + 0x21 * 8, &0x23003u64.to_le_bytes()),
+            (0x20ffe, &[0x11, 0x11, 0x11, 0x11]),
+            (0x23000, &[0x22, 0x22]),
+        ],
+        true,
+    );
+    assert_eq!(edx, 0x8888_4444);
+}
+
+#[test]
+fn native_stores_see_code_that_came_after_their_ram_entry() {
+    // A loop of four rounds stores to data at 0x11800 (so the page's RAM entry allows writes)
+    // and calls 0x11000 on the same page, which loads EAX; the second round rewrites that
+    // immediate through the RAM entry made before the page held code. The third must run the
+    // new bytes.
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0xb9, 4, 0, 0, 0, // mov ecx, 4
+                    0xeb, 0x09, // jmp 0x10010
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, //
+                    0xc7, 0x04, 0x25, 0x00, 0x18, 0x01, 0x00, 0x01, 0x00, 0x00,
+                    0x00, // 10010: mov dword [0x11800], 1
+                    0xe8, 0xe0, 0x0f, 0x00, 0x00, // call 0x11000
+                    0x01, 0xc2, // add edx, eax
+                    0x83, 0xf9, 0x03, // cmp ecx, 3
+                    0x75, 0x0b, // jne 0x10032
+                    0xc7, 0x04, 0x25, 0x01, 0x10, 0x01, 0x00, 0x22, 0x22, 0x22,
+                    0x22, // mov dword [0x11001], 0x22222222
+                    0xff, 0xc9, // 10032: dec ecx
+                    0x75, 0xda, // jnz 0x10010
+                    0xf4, // hlt
+                ],
+            ),
+            (0x11000, &[0xb8, 0x11, 0x11, 0x11, 0x11, 0xc3]),
+        ],
+        false,
+    );
+    assert_eq!(edx, 0x6666_6666);
+}

@@ -1176,12 +1176,9 @@ impl Cpu {
         lz: &mut Lazy,
     ) -> NativeRun {
         self.settle(lz);
-        let (code_bits, code_words) = tracker.bitmap();
         let mut f = NativeFrame {
             gpr: self.state.gpr.as_mut_ptr() as usize,
             ram: self.tlb.ram_table(),
-            code_bits,
-            code_words,
             flags: (self.state.rflags & STATUS) | 2,
             stamp,
             chain,

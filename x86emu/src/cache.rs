@@ -10,6 +10,14 @@
 use iced_x86::Instruction;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The code bitmap word of pages the tracker does not cover (always 0).
+static NO_CODE: AtomicU64 = AtomicU64::new(0);
+
+/// The address of a code bitmap word that stays 0 (for pages no tracker covers).
+pub(crate) fn no_code_word() -> usize {
+    &NO_CODE as *const AtomicU64 as usize
+}
+
 /// Pages holding cached code, shared by all processors of a partition.
 #[derive(Debug)]
 pub struct CodeTracker {
@@ -31,6 +39,14 @@ impl CodeTracker {
     fn slot(&self, page: u64) -> Option<(&AtomicU64, u64)> {
         let w = self.bits.get((page / 64) as usize)?;
         Some((w, 1u64 << (page % 64)))
+    }
+
+    /// Address of the bitmap word holding the bit of the page at `phys` (bit `page % 64`),
+    /// for native code; pages not tracked get a word that stays 0. Valid while the tracker
+    /// lives.
+    pub(crate) fn word_address(&self, phys: u64) -> usize {
+        let w = self.bits.get((phys >> 18) as usize).unwrap_or(&NO_CODE);
+        w as *const AtomicU64 as usize
     }
 
     /// Marks a page as holding cached code; false when the page is not tracked.
@@ -58,12 +74,6 @@ impl CodeTracker {
                 }
             }
         }
-    }
-
-    /// Address and length in words of the page bitmap, for native code (which reads it
-    /// as the atomics it is).
-    pub(crate) fn bitmap(&self) -> (usize, u64) {
-        (self.bits.as_ptr() as usize, self.bits.len() as u64)
     }
 
     /// Current invalidation epoch.
@@ -145,7 +155,8 @@ pub(crate) const RAM_ENTRIES: usize = 512;
 /// data accesses whose segment needs no checks (see `DataView` in the block engine). Filled
 /// after a translation succeeded, cleared whenever the TLB is.
 ///
-/// Native code reads `read`, `write`, `host` and `phys` at fixed offsets (`repr(C)`, 64 bytes).
+/// Native code reads `read`, `write`, `host`, `phys` and `code` at fixed offsets (`repr(C)`,
+/// 64 bytes).
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct RamEntry {
@@ -164,6 +175,9 @@ pub(crate) struct RamEntry {
     pub(crate) start: u64,
     /// Offset of the page in the region's bytes.
     pub(crate) offset: usize,
+    /// Address of the code tracker's bitmap word for the page (see
+    /// [`CodeTracker::word_address`]).
+    pub(crate) code: usize,
 }
 
 const RAM_EMPTY: RamEntry = RamEntry {
@@ -174,6 +188,7 @@ const RAM_EMPTY: RamEntry = RamEntry {
     region: 0,
     start: 0,
     offset: 0,
+    code: 0,
 };
 
 /// Where a page lies in direct RAM (see [`Tlb::ram_insert`]).
@@ -183,6 +198,8 @@ pub(crate) struct RamPlace {
     pub(crate) start: u64,
     pub(crate) offset: usize,
     pub(crate) host: usize,
+    /// See [`RamEntry::code`].
+    pub(crate) code: usize,
 }
 
 /// The key of a RAM entry: the linear page, whether paging is on and whether the access is a
@@ -257,6 +274,7 @@ impl Tlb {
             region: place.region,
             start: place.start,
             offset: place.offset,
+            code: place.code,
         };
     }
 

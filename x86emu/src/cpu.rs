@@ -290,6 +290,8 @@ impl Cpu {
     /// `tracker` (by the bus) so that modified code is decoded again.
     pub fn set_code_tracker(&mut self, tracker: std::sync::Arc<crate::cache::CodeTracker>) {
         self.code = Some(tracker);
+        // RAM entries point into the tracker's bitmap.
+        self.tlb.flush_ram();
     }
 
     /// Drops cached translations and decoded code (after the state was replaced).

@@ -558,6 +558,10 @@ impl Cpu {
             start: r.start,
             offset,
             host: r.bytes.as_ptr() as usize + offset,
+            code: self
+                .code
+                .as_ref()
+                .map_or_else(crate::cache::no_code_word, |t| t.word_address(page)),
         };
         let key = crate::cache::ram_key(lin, self.state.cr0 & cr::PG != 0, user);
         self.tlb.ram_insert(key, place, write);

@@ -33,7 +33,7 @@
 
 use crate::alu::{Shift, AF, OF};
 use crate::block::{AluOp, Fast, Gpr, MemOp};
-use crate::cache::Decoded;
+use crate::cache::{Decoded, RamEntry};
 use crate::mmu::DataView;
 use iced_x86::code_asm::*;
 use iced_x86::ConditionCode;
@@ -47,9 +47,6 @@ pub struct NativeFrame {
     pub(crate) gpr: usize,
     /// Address of the RAM entry table.
     pub(crate) ram: usize,
-    /// Address and length (in words) of the code tracker's page bitmap.
-    pub(crate) code_bits: usize,
-    pub(crate) code_words: u64,
     /// Guest status flags (RFLAGS layout, bit 1 set): in and out.
     pub(crate) flags: u64,
     /// Out: RIP where execution goes on.
@@ -78,22 +75,20 @@ pub struct NativeFrame {
     pub(crate) jumps: usize,
 }
 
-const F_GPR: i32 = 0;
-const F_RAM: i32 = 8;
-const F_CODE_BITS: i32 = 16;
-const F_CODE_WORDS: i32 = 24;
-const F_FLAGS: i32 = 32;
-const F_RIP: i32 = 40;
-const F_DONE: i32 = 48;
-const F_EXIT: i32 = 56;
-const F_NOTE: i32 = 64;
-const F_STAMP: i32 = 72;
-const F_CHAIN: i32 = 80;
-const F_LINKS: i32 = 88;
-const F_LINK: i32 = 96;
-const F_START: i32 = 104;
-const F_POS: i32 = 112;
-const F_JUMPS: i32 = 120;
+const F_GPR: i32 = std::mem::offset_of!(NativeFrame, gpr) as i32;
+const F_RAM: i32 = std::mem::offset_of!(NativeFrame, ram) as i32;
+const F_FLAGS: i32 = std::mem::offset_of!(NativeFrame, flags) as i32;
+const F_RIP: i32 = std::mem::offset_of!(NativeFrame, rip) as i32;
+const F_DONE: i32 = std::mem::offset_of!(NativeFrame, done) as i32;
+const F_EXIT: i32 = std::mem::offset_of!(NativeFrame, exit) as i32;
+const F_NOTE: i32 = std::mem::offset_of!(NativeFrame, note) as i32;
+const F_STAMP: i32 = std::mem::offset_of!(NativeFrame, stamp) as i32;
+const F_CHAIN: i32 = std::mem::offset_of!(NativeFrame, chain) as i32;
+const F_LINKS: i32 = std::mem::offset_of!(NativeFrame, links) as i32;
+const F_LINK: i32 = std::mem::offset_of!(NativeFrame, link) as i32;
+const F_START: i32 = std::mem::offset_of!(NativeFrame, start) as i32;
+const F_POS: i32 = std::mem::offset_of!(NativeFrame, pos) as i32;
+const F_JUMPS: i32 = std::mem::offset_of!(NativeFrame, jumps) as i32;
 
 /// Entries of the jump cache (a power of two).
 pub(crate) const JUMP_ENTRIES: usize = 4096;
@@ -138,11 +133,12 @@ pub(crate) struct Compiled {
     pub(crate) links: u32,
 }
 
-/// Offsets in [`RamEntry`](crate::cache::RamEntry) (`repr(C)`, 64 bytes).
-const E_READ: i32 = 0;
-const E_WRITE: i32 = 8;
-const E_HOST: i32 = 16;
-const E_PHYS: i32 = 24;
+/// Offsets in a [`RamEntry`] (`repr(C)`, 64 bytes).
+const E_READ: i32 = std::mem::offset_of!(RamEntry, read) as i32;
+const E_WRITE: i32 = std::mem::offset_of!(RamEntry, write) as i32;
+const E_HOST: i32 = std::mem::offset_of!(RamEntry, host) as i32;
+const E_PHYS: i32 = std::mem::offset_of!(RamEntry, phys) as i32;
+const E_CODE: i32 = std::mem::offset_of!(RamEntry, code) as i32;
 
 /// Near CALL and RET, which have no fast form but a native one.
 #[derive(Clone, Copy)]
@@ -365,6 +361,7 @@ pub(crate) fn compile(
         host_flags: false,
         stubs: Vec::new(),
         start: insns[0].insn.ip(),
+        top: None,
         first_link,
         links: 0,
     };
@@ -430,7 +427,7 @@ enum Stub {
     Resume { done: usize, rip: u64 },
     /// A taken branch to a constant address (through a link slot).
     Left { done: usize, rip: u64 },
-    /// A store to a page with cached code (the page number is in r9).
+    /// A store to a page with cached code (the page number is in r10).
     CodeWrite { done: usize, rip: u64 },
 }
 
@@ -444,6 +441,9 @@ struct Gen<'v> {
     stubs: Vec<(CodeLabel, Stub)>,
     /// RIP of the block's first instruction.
     start: u64,
+    /// Where instruction 0 starts after the entry's loads, when it has a native form: a
+    /// branch back to the block's start goes there.
+    top: Option<CodeLabel>,
     /// The first link slot of this code and the number used so far.
     first_link: u32,
     links: u32,
@@ -478,6 +478,11 @@ impl Gen<'_> {
     ) -> Result<Option<CodeLabel>, IcedError> {
         self.a.mov(rsi, qword_ptr(rdi + F_GPR))?;
         self.a.mov(r8, qword_ptr(rdi + F_RAM))?;
+        if native[0] {
+            let mut top = self.a.create_label();
+            self.a.set_label(&mut top)?;
+            self.top = Some(top);
+        }
         let mut entries = Vec::new();
         for (i, d) in insns.iter().enumerate() {
             if !native[i] {
@@ -504,8 +509,8 @@ impl Gen<'_> {
                 Stub::Resume { done, rip } => self.resume(done, rip)?,
                 Stub::Left { done, rip } => self.leave(done, rip)?,
                 Stub::CodeWrite { done, rip } => {
-                    self.a.shl(r9, 12)?;
-                    self.a.mov(qword_ptr(rdi + F_NOTE), r9)?;
+                    self.a.shl(r10, 12)?;
+                    self.a.mov(qword_ptr(rdi + F_NOTE), r10)?;
                     self.exit(done, rip, EXIT_CODE_WRITE)?;
                 }
             }
@@ -538,6 +543,16 @@ impl Gen<'_> {
     /// new link slot: straight to the linked code when the slot was filled under the frame's stamp and
     /// the instruction allowance lasts.
     fn leave(&mut self, done: usize, rip: u64) -> Res {
+        if let Some(top) = self.top.filter(|_| rip == self.start) {
+            // Back to this code's own start: no link needed while the allowance lasts.
+            let mut out = self.a.create_label();
+            self.a.mov(rcx, qword_ptr(rdi + F_CHAIN))?;
+            self.a.sub(rcx, done as i32)?;
+            self.a.jle(out)?;
+            self.a.mov(qword_ptr(rdi + F_CHAIN), rcx)?;
+            self.a.jmp(top)?;
+            self.a.set_label(&mut out)?;
+        }
         let slot = self.first_link + self.links;
         self.links += 1;
         // In range: `compile` leaves room for a slot per instruction and one more.
@@ -682,18 +697,15 @@ impl Gen<'_> {
             self.a.mov(rdx, base)?;
             self.a.add(rax, rdx)?;
         }
-        if size > 1 {
-            self.a.mov(ecx, eax)?;
-            self.a.and(ecx, 0xfff)?;
-            self.a.cmp(ecx, 0x1000 - i32::from(size))?;
-            self.a.ja(slow)?;
-        }
-        self.a.mov(rdx, rax)?;
-        self.a.shr(rdx, 12)?;
-        self.a.and(edx, (crate::cache::RAM_ENTRIES - 1) as i32)?;
-        self.a.shl(edx, 6)?;
+        // The entry of the first byte's page, 64 bytes each.
+        self.a.mov(edx, eax)?;
+        self.a.shr(edx, 6)?;
+        self.a
+            .and(edx, ((crate::cache::RAM_ENTRIES - 1) << 6) as i32)?;
         self.a.add(rdx, r8)?;
-        self.a.mov(rcx, rax)?;
+        // The key of the last byte's page: an access that crosses into the next page does
+        // not match the entry of the first.
+        self.a.lea(rcx, qword_ptr(rax + (i32::from(size) - 1)))?;
         self.a.shr(rcx, 9)?;
         self.a.and(rcx, -8)?;
         self.a.or(rcx, self.view.key as i32)?;
@@ -705,22 +717,17 @@ impl Gen<'_> {
     }
 
     /// After a store through the entry in rdx: leaves the code when the page holds cached
-    /// code. Clobbers r9..r11 and the flags.
+    /// code. Clobbers r9, r10 and the flags.
     fn code_check(&mut self, done: usize, rip: u64) -> Res {
         self.host_flags = false;
         let stub = self.stub(Stub::CodeWrite { done, rip });
-        let mut ok = self.a.create_label();
-        self.a.mov(r9, qword_ptr(rdx + E_PHYS))?;
-        self.a.shr(r9, 12)?;
-        self.a.mov(r10, r9)?;
-        self.a.shr(r10, 6)?;
-        self.a.cmp(r10, qword_ptr(rdi + F_CODE_WORDS))?;
-        self.a.jae(ok)?;
-        self.a.mov(r11, qword_ptr(rdi + F_CODE_BITS))?;
-        self.a.mov(r11, qword_ptr(r11 + r10 * 8))?;
-        self.a.bt(r11, r9)?;
-        self.a.jb(stub)?;
-        self.a.set_label(&mut ok)
+        self.a.mov(r9, qword_ptr(rdx + E_CODE))?;
+        self.a.mov(r9, qword_ptr(r9))?;
+        self.a.mov(r10, qword_ptr(rdx + E_PHYS))?;
+        self.a.shr(r10, 12)?;
+        // The bit of the page (BT takes the offset modulo 64).
+        self.a.bt(r9, r10)?;
+        self.a.jb(stub)
     }
 
     /// Makes the host flags the guest's.

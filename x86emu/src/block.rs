@@ -1179,7 +1179,7 @@ impl Cpu {
         let mut f = NativeFrame {
             gpr: self.state.gpr.as_mut_ptr() as usize,
             ram: self.tlb.ram_table(),
-            flags: (self.state.rflags & STATUS) | 2,
+            flags: native::flags_to_frame(self.state.rflags),
             stamp,
             chain,
             links: self.native_links.as_ptr() as usize,
@@ -1191,7 +1191,7 @@ impl Cpu {
         if let Some(code) = self.native.as_mut() {
             code.call(n.handle, offset, &mut f);
         }
-        self.state.rflags = (self.state.rflags & !STATUS) | (f.flags & STATUS);
+        self.state.rflags = (self.state.rflags & !STATUS) | native::flags_from_frame(f.flags);
         let completed = chain
             .wrapping_sub(f.chain)
             .wrapping_add(f.done as i64)

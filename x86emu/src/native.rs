@@ -7,7 +7,7 @@
 //! - `rdi` holds the frame, `rsi` the guest registers, `r8` the RAM entry table;
 //! - guest registers live in memory and are loaded and stored around each instruction;
 //! - an ALU instruction runs as the same host instruction, so its status flags are the host's.
-//!   They are written to the frame (`pushfq`) only when something may look at them before
+//!   They are written to the frame (LAHF and SETO) only when something may look at them before
 //!   the next instruction that sets them all: a flag reader, or any way out of the code.
 //!   Shifts fix AF and OF, rotates CF and OF, up to the values the interpreter defines.
 //! - a memory operand is looked up inline in the per-CPU RAM entries (the same ones the block
@@ -47,7 +47,8 @@ pub struct NativeFrame {
     pub(crate) gpr: usize,
     /// Address of the RAM entry table.
     pub(crate) ram: usize,
-    /// Guest status flags (RFLAGS layout, bit 1 set): in and out.
+    /// Guest status flags, in and out, in the form LAHF and SETO give them (see
+    /// [`flags_to_frame`]): bits 8..15 as AH (SF, ZF, AF, PF, CF), bits 0..7 OF (0 or 1).
     pub(crate) flags: u64,
     /// Out: RIP where execution goes on.
     pub(crate) rip: u64,
@@ -89,6 +90,18 @@ const F_LINK: i32 = std::mem::offset_of!(NativeFrame, link) as i32;
 const F_START: i32 = std::mem::offset_of!(NativeFrame, start) as i32;
 const F_POS: i32 = std::mem::offset_of!(NativeFrame, pos) as i32;
 const F_JUMPS: i32 = std::mem::offset_of!(NativeFrame, jumps) as i32;
+
+/// The frame form of the status flags in `rflags` (see [`NativeFrame::flags`]).
+pub(crate) fn flags_to_frame(rflags: u64) -> u64 {
+    use crate::alu::{AF, CF, PF, SF, ZF};
+    (((rflags & (SF | ZF | AF | PF | CF)) | 2) << 8) | u64::from(rflags & OF != 0)
+}
+
+/// The status flags (RFLAGS layout) of the frame form `f`.
+pub(crate) fn flags_from_frame(f: u64) -> u64 {
+    use crate::alu::{AF, CF, PF, SF, ZF};
+    ((f >> 8) & (SF | ZF | AF | PF | CF)) | if f & 0xff != 0 { OF } else { 0 }
+}
 
 /// Entries of the jump cache (a power of two).
 pub(crate) const JUMP_ENTRIES: usize = 4096;
@@ -731,21 +744,34 @@ impl Gen<'_> {
     }
 
     /// Makes the host flags the guest's.
+    /// Keeps rax (through r9).
     fn flags_in(&mut self) -> Res {
         if !self.host_flags {
-            self.a.push(qword_ptr(rdi + F_FLAGS))?;
-            self.a.popfq()?;
+            self.a.mov(r9, rax)?;
+            self.a.movzx(eax, word_ptr(rdi + F_FLAGS))?;
+            // OF from 0x7f + (0 or 1), then the others from AH.
+            self.a.add(al, 0x7f)?;
+            self.a.sahf()?;
+            self.a.mov(rax, r9)?;
             self.host_flags = true;
         }
         Ok(())
+    }
+
+    /// Writes the host's status flags to the frame. Keeps rax (through r9) and the flags.
+    fn flags_store(&mut self) -> Res {
+        self.a.mov(r9, rax)?;
+        self.a.lahf()?;
+        self.a.seto(al)?;
+        self.a.mov(word_ptr(rdi + F_FLAGS), ax)?;
+        self.a.mov(rax, r9)
     }
 
     /// After an instruction that set the guest flags on the host.
     fn flags_out(&mut self, capture: bool) -> Res {
         self.host_flags = true;
         if capture {
-            self.a.pushfq()?;
-            self.a.pop(qword_ptr(rdi + F_FLAGS))?;
+            self.flags_store()?;
         }
         Ok(())
     }
@@ -1057,19 +1083,24 @@ impl Gen<'_> {
         }
         self.host_flags = false;
         if capture {
-            self.a.pushfq()?;
-            self.a.pop(r9)?;
-            self.a.and(r9d, (crate::alu::CF | OF) as i32)?;
+            // OF (and CF, the same) in r10; SF and PF of the result from TEST.
+            self.a.seto(r10b)?;
+            self.a.movzx(r10d, r10b)?;
             match size {
                 8 => self.a.test(rax, rax)?,
                 4 => self.a.test(eax, eax)?,
                 _ => self.a.test(ax, ax)?,
             }
-            self.a.pushfq()?;
-            self.a.pop(rcx)?;
-            self.a.and(ecx, (crate::alu::SF | crate::alu::PF) as i32)?;
-            self.a.or(rcx, r9)?;
+            self.a.mov(r9, rax)?;
+            self.a.lahf()?;
+            self.a.movzx(ecx, ah)?;
+            self.a
+                .and(ecx, ((crate::alu::SF | crate::alu::PF) | 2) as i32)?;
+            self.a.or(ecx, r10d)?;
+            self.a.shl(ecx, 8)?;
+            self.a.or(ecx, r10d)?;
             self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
+            self.a.mov(rax, r9)?;
         }
         Ok(())
     }
@@ -1253,22 +1284,22 @@ impl Gen<'_> {
     /// leaves them undefined).
     fn shift_flags(&mut self, op: Shift, size: u8) -> Res {
         let msb = u32::from(size) * 8 - 1;
-        self.a.pushfq()?;
-        self.a.pop(rcx)?;
-        self.a.and(rcx, !((AF | OF) as i32))?;
+        self.a.mov(r9, rax)?;
+        self.a.lahf()?;
+        self.a.and(ah, !(AF as u8 as i32) & 0xff)?;
         match op {
             Shift::Shl | Shift::Sal => {
-                self.a.lea(r9, qword_ptr(rdx + rdx))?;
-                self.a.xor(r9, rdx)?;
+                self.a.lea(r10, qword_ptr(rdx + rdx))?;
+                self.a.xor(r10, rdx)?;
             }
-            Shift::Shr => self.a.mov(r9, rdx)?,
-            _ => self.a.xor(r9d, r9d)?,
+            Shift::Shr => self.a.mov(r10, rdx)?,
+            _ => self.a.xor(r10d, r10d)?,
         }
-        self.a.shr(r9, msb)?;
-        self.a.and(r9d, 1)?;
-        self.a.shl(r9d, 11)?;
-        self.a.or(rcx, r9)?;
-        self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)
+        self.a.shr(r10, msb)?;
+        self.a.and(r10d, 1)?;
+        self.a.mov(al, r10b)?;
+        self.a.mov(word_ptr(rdi + F_FLAGS), ax)?;
+        self.a.mov(rax, r9)
     }
 
     /// The guest flags after ROL/ROR (result in rax, original value in rdx): CF from the
@@ -1276,12 +1307,14 @@ impl Gen<'_> {
     fn rotate_flags(&mut self, op: Shift, size: u8) -> Res {
         let msb = u32::from(size) * 8 - 1;
         self.a.mov(rcx, qword_ptr(rdi + F_FLAGS))?;
-        self.a.and(rcx, !((crate::alu::CF | OF) as i32))?;
+        // Keep SF, ZF, AF and PF; CF (bit 8) and OF (bits 0..7) anew.
+        self.a.and(ecx, 0xfe00)?;
         self.a.mov(r9, rax)?;
         if op == Shift::Ror {
             self.a.shr(r9, msb)?;
         }
         self.a.and(r9d, 1)?;
+        self.a.shl(r9d, 8)?;
         self.a.or(rcx, r9)?;
         if op == Shift::Rol {
             self.a.lea(r9, qword_ptr(rdx + rdx))?;
@@ -1292,7 +1325,6 @@ impl Gen<'_> {
         self.a.xor(r9, rdx)?;
         self.a.shr(r9, msb)?;
         self.a.and(r9d, 1)?;
-        self.a.shl(r9d, 11)?;
         self.a.or(rcx, r9)?;
         self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)
     }

@@ -92,8 +92,9 @@ impl NativeCode for ExecMemory {
         // caller-saved registers and the stack below its return address, and touches memory
         // only through the frame: the CPU's registers, its RAM entry table (host addresses of
         // the guest RAM the bus currently lends it, whose regions the CPU re-checks before
-        // running blocks), the code tracker's bitmap and the CPU's link table, whose filled
-        // slots hold `address` values of code of the same generation.
+        // running blocks, and the code tracker's bitmap words they point to), and the CPU's
+        // link table and jump cache, whose filled slots and entries hold `address` values of
+        // code of the same generation.
         unsafe {
             let f: extern "sysv64" fn(*mut NativeFrame) = std::mem::transmute(self.base.add(at));
             f(frame);

@@ -740,3 +740,33 @@ fn native_stores_see_code_that_came_after_their_ram_entry() {
     );
     assert_eq!(edx, 0x6666_6666);
 }
+
+#[test]
+fn a_loaded_register_serves_as_base_beside_another_index() {
+    // A loop of four rounds loads RSI from memory and then uses it as the base, with RDI as
+    // the index, of the next load: native code takes RSI from the host register the first
+    // load left it in, before it loads the index. (RDI + RDI would land on the page of the
+    // first load, which has a RAM entry.)
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0x48, 0xc7, 0xc3, 0x00, 0x00, 0x02, 0x00, // mov rbx, 0x20000
+                    0xbf, 0x08, 0x00, 0x01, 0x00, // mov edi, 0x10008
+                    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+                    0x48, 0x8b, 0x33, // 10011: mov rsi, [rbx]
+                    0x8b, 0x04, 0x3e, // mov eax, [rsi + rdi]
+                    0x01, 0xc2, // add edx, eax
+                    0xff, 0xc9, // dec ecx
+                    0x75, 0xf4, // jnz 0x10011
+                    0xf4, // hlt
+                ],
+            ),
+            (0x20000, &0x11000u64.to_le_bytes()),
+            (0x21008, &[0x11, 0x11, 0x11, 0x11]),
+        ],
+        false,
+    );
+    assert_eq!(edx, 0x4444_4444);
+}

@@ -375,6 +375,7 @@ pub(crate) fn compile(
         stubs: Vec::new(),
         start: insns[0].insn.ip(),
         top: None,
+        held: None,
         first_link,
         links: 0,
     };
@@ -402,8 +403,36 @@ fn ends(d: &Decoded) -> bool {
     matches!(d.fast, Fast::Jmp { .. } | Fast::Generic)
 }
 
+/// The guest register whose whole value a scratch register holds after the code of `f`: its
+/// last step writes that register back from it, whole (32- and 64-bit writes).
+fn holds_after(f: &Fast) -> Option<(Gpr, H)> {
+    let (g, h) = match *f {
+        Fast::MovRR { dst, .. }
+        | Fast::MovRI { dst, .. }
+        | Fast::Lea { dst, .. }
+        | Fast::ExtendRR { dst, .. }
+        | Fast::CmovRR { dst, .. }
+        | Fast::CmovRM { dst, .. }
+        | Fast::ImulRR { dst, .. }
+        | Fast::ImulRM { dst, .. } => (dst, H::Ax),
+        Fast::NotR { r }
+        | Fast::NegR { r }
+        | Fast::IncDec { r, .. }
+        | Fast::ShiftRI { r, .. }
+        | Fast::ShiftRCl { r, .. } => (r, H::Ax),
+        Fast::AluRR { op, dst, .. } | Fast::AluRI { op, dst, .. } | Fast::AluRM { op, dst, .. }
+            if writes_back(op) =>
+        {
+            (dst, H::Ax)
+        }
+        Fast::Load { dst, .. } | Fast::Pop { dst } => (dst, H::Cx),
+        _ => return None,
+    };
+    (g.size >= 4 && g.shift == 0).then_some((g, h))
+}
+
 /// Scratch host registers.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum H {
     Ax,
     Cx,
@@ -457,6 +486,9 @@ struct Gen<'v> {
     /// Where instruction 0 starts after the entry's loads, when it has a native form: a
     /// branch back to the block's start goes there.
     top: Option<CodeLabel>,
+    /// A guest register (by number) whose whole value a scratch register holds after the
+    /// instruction just made, for the next instruction's first reads.
+    held: Option<(u8, H)>,
     /// The first link slot of this code and the number used so far.
     first_link: u32,
     links: u32,
@@ -499,6 +531,7 @@ impl Gen<'_> {
         let mut entries = Vec::new();
         for (i, d) in insns.iter().enumerate() {
             if !native[i] {
+                self.held = None;
                 self.resume(i, d.insn.ip())?;
                 continue;
             }
@@ -615,6 +648,34 @@ impl Gen<'_> {
         }
     }
 
+    /// Loads a guest register as [`Gen::load`] does, from the scratch register that holds its
+    /// whole value (see `held`) when there is one.
+    fn load_held(&mut self, g: Gpr, h: H, held: Option<(u8, H)>) -> Res {
+        match held {
+            Some((idx, from)) if idx == g.idx & 15 && g.shift == 0 && g.size >= 4 => {
+                match (g.size, from == h) {
+                    (8, true) => Ok(()),
+                    (8, false) => self.a.mov(q(h), q(from)),
+                    _ => self.a.mov(d32(h), d32(from)),
+                }
+            }
+            _ => self.load(g, h),
+        }
+    }
+
+    /// Loads the whole guest register `reg` into `h` (from `held` when it holds it).
+    fn load_whole(&mut self, reg: u8, h: H, held: Option<(u8, H)>) -> Res {
+        match held {
+            Some((idx, from)) if idx == reg => {
+                if from != h {
+                    self.a.mov(q(h), q(from))?;
+                }
+                Ok(())
+            }
+            _ => self.a.mov(q(h), qword_ptr(rsi + i32::from(reg) * 8)),
+        }
+    }
+
     /// Writes a guest register (a 32-bit write clears the upper half).
     fn store(&mut self, g: Gpr, h: H) -> Res {
         let m = Self::slot(g);
@@ -670,7 +731,8 @@ impl Gen<'_> {
     }
 
     /// The effective address of `m` into rax (rcx clobbered; flags kept).
-    fn ea(&mut self, m: MemOp) -> Res {
+    /// Registers come from `held` where it holds them.
+    fn ea(&mut self, m: MemOp, held: Option<(u8, H)>) -> Res {
         let disp = m.disp as i64;
         let small = disp == i64::from(disp as i32);
         let base = m.base < 16;
@@ -678,11 +740,16 @@ impl Gen<'_> {
         if !base && !index {
             self.a.mov(rax, m.disp)?;
         } else {
-            if index {
-                self.a.mov(rcx, qword_ptr(rsi + i32::from(m.index) * 8))?;
+            // The register `held` names is read before the other one overwrites it.
+            let base_first = matches!(held, Some((_, H::Cx)));
+            if base && base_first {
+                self.load_whole(m.base, H::Ax, held)?;
             }
-            if base {
-                self.a.mov(rax, qword_ptr(rsi + i32::from(m.base) * 8))?;
+            if index {
+                self.load_whole(m.index, H::Cx, held)?;
+            }
+            if base && !base_first {
+                self.load_whole(m.base, H::Ax, held)?;
             }
             let scale = 1u32 << m.scale;
             let d = if small { disp as i32 } else { 0 };
@@ -877,8 +944,9 @@ impl Gen<'_> {
 
     /// Looks up a memory operand (its offset computed into rax) with a way out before
     /// instruction `i`.
-    fn mem(&mut self, i: usize, d: &Decoded, m: MemOp, write: bool) -> Res {
-        self.ea(m)?;
+    /// Registers come from `held` where it holds them.
+    fn mem(&mut self, i: usize, d: &Decoded, m: MemOp, write: bool, held: Option<(u8, H)>) -> Res {
+        self.ea(m, held)?;
         let slow = self.stub(Stub::Resume {
             done: i,
             rip: d.insn.ip(),
@@ -887,34 +955,35 @@ impl Gen<'_> {
     }
 
     fn insn(&mut self, i: usize, d: &Decoded, capture: bool) -> Res {
+        let held = self.held.take();
         match d.fast {
             Fast::Nop => {}
             Fast::MovRR { dst, src } => {
-                self.load(src, H::Ax)?;
+                self.load_held(src, H::Ax, held)?;
                 self.store(dst, H::Ax)?;
             }
             Fast::MovRI { dst, imm } => {
-                self.a.mov(rax, imm)?;
+                self.mov_imm(H::Ax, imm)?;
                 self.store(dst, H::Ax)?;
             }
             Fast::Lea { dst, m } => {
-                self.ea(m)?;
+                self.ea(m, held)?;
                 self.store(dst, H::Ax)?;
             }
             Fast::ExtendRR { dst, src, sign } => {
-                self.load(src, H::Ax)?;
+                self.load_held(src, H::Ax, held)?;
                 if sign {
                     self.sign_extend(src.size, H::Ax)?;
                 }
                 self.store(dst, H::Ax)?;
             }
             Fast::NotR { r } => {
-                self.load(r, H::Ax)?;
+                self.load_held(r, H::Ax, held)?;
                 self.a.not(rax)?;
                 self.store(r, H::Ax)?;
             }
             Fast::NegR { r } => {
-                self.load(r, H::Ax)?;
+                self.load_held(r, H::Ax, held)?;
                 match r.size {
                     8 => self.a.neg(rax)?,
                     4 => self.a.neg(eax)?,
@@ -925,7 +994,7 @@ impl Gen<'_> {
                 self.store(r, H::Ax)?;
             }
             Fast::IncDec { inc, r } => {
-                self.load(r, H::Ax)?;
+                self.load_held(r, H::Ax, held)?;
                 self.flags_in()?;
                 match (r.size, inc) {
                     (8, true) => self.a.inc(rax)?,
@@ -941,8 +1010,9 @@ impl Gen<'_> {
                 self.store(r, H::Ax)?;
             }
             Fast::AluRR { op, dst, src } => {
-                self.load(dst, H::Ax)?;
-                self.load(src, H::Cx)?;
+                self.load_held(dst, H::Ax, held)?;
+                // The first load wrote only rax.
+                self.load_held(src, H::Cx, held.filter(|h| h.1 == H::Cx))?;
                 self.alu_rr(op, dst.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
@@ -950,8 +1020,8 @@ impl Gen<'_> {
                 }
             }
             Fast::AluRI { op, dst, imm } => {
-                self.load(dst, H::Ax)?;
-                self.a.mov(rcx, imm)?;
+                self.load_held(dst, H::Ax, held)?;
+                self.mov_imm(H::Cx, imm)?;
                 self.alu_rr(op, dst.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
@@ -959,7 +1029,7 @@ impl Gen<'_> {
                 }
             }
             Fast::AluRM { op, dst, m } => {
-                self.mem(i, d, m, false)?;
+                self.mem(i, d, m, false, held)?;
                 self.load_mem(m.size, H::Cx)?;
                 self.load(dst, H::Ax)?;
                 self.alu_rr(op, dst.size)?;
@@ -969,7 +1039,7 @@ impl Gen<'_> {
                 }
             }
             Fast::AluMR { op, m, src } => {
-                self.mem(i, d, m, writes_back(op))?;
+                self.mem(i, d, m, writes_back(op), held)?;
                 self.load(src, H::Cx)?;
                 self.alu_mr(op, m.size)?;
                 self.flags_out(capture)?;
@@ -978,8 +1048,8 @@ impl Gen<'_> {
                 }
             }
             Fast::AluMI { op, m, imm } => {
-                self.mem(i, d, m, writes_back(op))?;
-                self.a.mov(rcx, imm)?;
+                self.mem(i, d, m, writes_back(op), held)?;
+                self.mov_imm(H::Cx, imm)?;
                 self.alu_mr(op, m.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
@@ -987,7 +1057,7 @@ impl Gen<'_> {
                 }
             }
             Fast::Load { dst, m, sign } => {
-                self.mem(i, d, m, false)?;
+                self.mem(i, d, m, false, held)?;
                 self.load_mem(m.size, H::Cx)?;
                 if sign {
                     self.sign_extend(m.size, H::Cx)?;
@@ -995,14 +1065,14 @@ impl Gen<'_> {
                 self.store(dst, H::Cx)?;
             }
             Fast::StoreR { m, src } => {
-                self.mem(i, d, m, true)?;
+                self.mem(i, d, m, true, held)?;
                 self.load(src, H::Cx)?;
                 self.store_mem(m.size)?;
                 self.code_check(i + 1, d.next)?;
             }
             Fast::StoreI { m, imm } => {
-                self.mem(i, d, m, true)?;
-                self.a.mov(rcx, imm)?;
+                self.mem(i, d, m, true, held)?;
+                self.mov_imm(H::Cx, imm)?;
                 self.store_mem(m.size)?;
                 self.code_check(i + 1, d.next)?;
             }
@@ -1029,14 +1099,14 @@ impl Gen<'_> {
             }
             Fast::Jmp { target } => self.leave(i + 1, target)?,
             Fast::CmovRR { cc, dst, src } => {
-                self.load(src, H::Cx)?;
+                self.load_held(src, H::Cx, held)?;
                 self.load(dst, H::Ax)?;
                 self.flags_in()?;
                 self.cmov(cc)?;
                 self.store(dst, H::Ax)?;
             }
             Fast::CmovRM { cc, dst, m } => {
-                self.mem(i, d, m, false)?;
+                self.mem(i, d, m, false, held)?;
                 self.load_mem(m.size, H::Cx)?;
                 self.load(dst, H::Ax)?;
                 self.flags_in()?;
@@ -1050,13 +1120,13 @@ impl Gen<'_> {
             }
             Fast::ShiftRI { op, r, count } => self.shift(op, r, count, capture)?,
             Fast::ImulRR { dst, src } => {
-                self.load(dst, H::Ax)?;
-                self.load(src, H::Cx)?;
+                self.load_held(dst, H::Ax, held)?;
+                self.load_held(src, H::Cx, held.filter(|h| h.1 == H::Cx))?;
                 self.imul(dst.size, capture)?;
                 self.store(dst, H::Ax)?;
             }
             Fast::ImulRM { dst, m } => {
-                self.mem(i, d, m, false)?;
+                self.mem(i, d, m, false, held)?;
                 self.load_mem(m.size, H::Cx)?;
                 self.load(dst, H::Ax)?;
                 self.imul(dst.size, capture)?;
@@ -1070,7 +1140,20 @@ impl Gen<'_> {
             },
             Fast::ShiftRCl { op, r } => self.shift_cl(op, r, capture)?,
         }
+        self.held = holds_after(&d.fast).map(|(g, h)| (g.idx & 15, h));
         Ok(())
+    }
+
+    /// Sets `h` to `imm`, in the shortest form.
+    fn mov_imm(&mut self, h: H, imm: u64) -> Res {
+        if let Ok(v) = u32::try_from(imm) {
+            self.a.mov(d32(h), v)
+        } else if i32::try_from(imm as i64).is_ok() {
+            // A sign-extended 32-bit immediate.
+            self.a.mov(q(h), imm as i64)
+        } else {
+            self.a.mov(q(h), imm)
+        }
     }
 
     /// Two-operand IMUL of rax by rcx. CF and OF are the host's; SF and PF follow the

@@ -93,11 +93,30 @@ impl NativeCode for ExecMemory {
         // only through the frame: the CPU's registers, its RAM entry table (host addresses of
         // the guest RAM the bus currently lends it, whose regions the CPU re-checks before
         // running blocks, and the code tracker's bitmap words they point to), and the CPU's
-        // link table and jump cache, whose filled slots and entries hold `address` values of
-        // code of the same generation.
+        // jump cache, whose entries hold `address` values of code of the same generation. Its
+        // jumps lead into its own code or, once `patch`ed, to such an address.
         unsafe {
             let f: extern "sysv64" fn(*mut NativeFrame) = std::mem::transmute(self.base.add(at));
             f(frame);
+        }
+    }
+
+    fn patch(&mut self, site: u64, rel: i32) {
+        let Some(at) = site
+            .checked_sub(self.base as u64)
+            .map(|at| at as usize)
+            .filter(|at| at.checked_add(5).is_some_and(|end| end <= self.used))
+        else {
+            return;
+        };
+        // SAFETY: `at..at + 5` lies inside the installed part of the mapping (checked above),
+        // which is writable and not aliased by any Rust reference; no code runs while the
+        // owner patches it (calls return first).
+        unsafe {
+            let p = self.base.add(at);
+            if *p == 0xe9 {
+                std::ptr::copy_nonoverlapping(rel.to_le_bytes().as_ptr(), p.add(1), 4);
+            }
         }
     }
 

@@ -1066,18 +1066,32 @@ impl Cpu {
         if basis != self.link_basis {
             self.link_basis = basis;
             self.link_stamp += 1;
+            self.unlink_all();
         }
         self.link_stamp
     }
 
-    /// Fills the slot of `link` (or, for [`JUMPED`], the jump cache entry of the current RIP)
-    /// with the first instruction of `target`, if the slot is of the current code generation
+    /// Points the JMP of every linked slot back at its way out.
+    fn unlink_all(&mut self) {
+        let Some(code) = self.native.as_mut() else {
+            return;
+        };
+        for s in self.native_linked.drain(..) {
+            if let Some(slot) = self.native_links.get_mut(s) {
+                code.patch(slot[1], 0);
+                slot[0] = u64::MAX;
+            }
+        }
+    }
+
+    /// Points the slot of `link` (or, for [`JUMPED`], the jump cache entry of the current RIP)
+    /// at the first instruction of `target`, if the slot is of the current code generation
     /// and the code starts there.
     fn link(&mut self, link: Link, target: NativeBlock) {
         if link.gen != self.native_gen || target.gen != link.gen || target.entries & 1 == 0 {
             return;
         }
-        let Some(code) = self.native.as_ref() else {
+        let Some(code) = self.native.as_mut() else {
             return;
         };
         let address = code.address(target.handle);
@@ -1086,12 +1100,25 @@ impl Cpu {
             if let Some(e) = self.native_jumps.get_mut(native::jump_index(rip)) {
                 *e = [rip, link.stamp, u64::from(target.view_id), address];
             }
-        } else if let Some(s) = usize::try_from(link.slot - 1)
-            .ok()
-            .and_then(|s| self.native_links.get_mut(s))
-        {
-            *s = [link.stamp, address];
+            return;
         }
+        let Some(s) = usize::try_from(link.slot - 1).ok() else {
+            return;
+        };
+        let Some(slot) = self.native_links.get_mut(s) else {
+            return;
+        };
+        // Linked in this stamp already (to code for the same bytes).
+        if slot[0] == link.stamp {
+            return;
+        }
+        let rel = (address as i64).wrapping_sub(slot[1].wrapping_add(5) as i64);
+        let Ok(rel) = i32::try_from(rel) else {
+            return;
+        };
+        code.patch(slot[1], rel);
+        slot[0] = link.stamp;
+        self.native_linked.push(s);
     }
 
     /// The block's host code for `view`, translating the block once it ran often enough;
@@ -1150,8 +1177,9 @@ impl Cpu {
                 self.native.as_mut()?.install(&c.code)?
             }
         };
-        let links = self.native_links.len() + c.links as usize;
-        self.native_links.resize(links, [u64::MAX, 0]);
+        let base = self.native.as_ref().map_or(0, |code| code.address(handle));
+        self.native_links
+            .extend(c.sites.iter().map(|&at| [u64::MAX, base + at as u64]));
         let n = NativeBlock {
             gen: self.native_gen,
             handle,
@@ -1182,7 +1210,6 @@ impl Cpu {
             flags: native::flags_to_frame(self.state.rflags),
             stamp,
             chain,
-            links: self.native_links.as_ptr() as usize,
             jumps: self.native_jumps.as_ptr() as usize,
             pos: pos as u64,
             ..NativeFrame::default()

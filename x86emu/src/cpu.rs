@@ -188,9 +188,11 @@ pub struct Cpu {
     pub(crate) native_gen: u64,
     /// Runs of a block before it gets native code.
     pub(crate) native_threshold: u32,
-    /// Link slots of the native code of this generation: the code epoch each was filled in
-    /// (`u64::MAX`: empty) and the host address of the code it leads to.
+    /// Link slots of the native code of this generation: the link stamp each was linked in
+    /// (`u64::MAX`: not linked) and the host address of its `JMP rel32`.
     pub(crate) native_links: Vec<[u64; 2]>,
+    /// The slots linked since the link stamp last changed (pointed back when it does).
+    pub(crate) native_linked: Vec<usize>,
     /// The data views native code of this generation was made for, numbered by position.
     pub(crate) native_views: Vec<crate::mmu::DataView>,
     /// The jump cache (see [`crate::native`]): RIP, link stamp (`u64::MAX`: empty), view
@@ -232,6 +234,7 @@ impl Cpu {
             native_gen: 0,
             native_threshold: 0,
             native_links: Vec::new(),
+            native_linked: Vec::new(),
             native_views: Vec::new(),
             native_jumps: Vec::new(),
             link_stamp: 0,
@@ -253,6 +256,7 @@ impl Cpu {
     pub(crate) fn new_native_generation(&mut self) {
         self.native_gen += 1;
         self.native_links.clear();
+        self.native_linked.clear();
         self.native_views.clear();
         self.native_jumps.clear();
         self.native_jumps

@@ -20,11 +20,12 @@
 //! through the code's dispatch with the frame's `pos`.
 //!
 //! Blocks are chained: a way out to a constant guest address (a taken branch, a jump or call,
-//! the end of the block) goes through a link slot in the CPU's link table. Once the CPU has
-//! seen that exit and found native code for the block at that address (for the same data
-//! view), it fills the slot; from then on the code jumps straight to the next block's code
-//! while the CPU's link stamp (code epoch and translations) is the one the slot was filled
-//! under and the frame's instruction allowance (`chain`) lasts.
+//! the end of the block) is a link slot: a `JMP rel32` that at first goes to the next
+//! instruction, which leaves the code. Once the CPU has seen that exit and found native code
+//! for the block at that address (for the same data view), it points the JMP at that code
+//! (through [`NativeCode::patch`]); from then on the code jumps straight to the next block's
+//! code while the frame's instruction allowance (`chain`) lasts. The CPU points every such JMP
+//! back when its link stamp (code epoch and translations) changes.
 //!
 //! A RET goes on through the CPU's jump cache: entries map a RIP to the host code of the
 //! block there, for one data view and link stamp. A hit under the code's own view and the
@@ -58,13 +59,11 @@ pub struct NativeFrame {
     pub(crate) exit: u64,
     /// Out, with [`EXIT_CODE_WRITE`]: physical page written.
     pub(crate) note: u64,
-    /// In: the CPU's link stamp (slots filled under another stamp are not followed).
+    /// In: the CPU's link stamp (jump cache entries filled under another are not followed).
     pub(crate) stamp: u64,
     /// In/out: instructions that may still complete in blocks left through links. An entry at
     /// instruction `pos` adds `pos`; a link taken after `done` instructions subtracts `done`.
     pub(crate) chain: i64,
-    /// In: address of the link table (two words per slot: stamp, host code address).
-    pub(crate) links: usize,
     /// Out, with [`EXIT_LEFT`]: 1 + the link slot of the way out taken (0: none).
     pub(crate) link: u64,
     /// Out, with [`EXIT_RESUME`]: RIP of the first instruction of the block the code left.
@@ -85,7 +84,6 @@ const F_EXIT: i32 = std::mem::offset_of!(NativeFrame, exit) as i32;
 const F_NOTE: i32 = std::mem::offset_of!(NativeFrame, note) as i32;
 const F_STAMP: i32 = std::mem::offset_of!(NativeFrame, stamp) as i32;
 const F_CHAIN: i32 = std::mem::offset_of!(NativeFrame, chain) as i32;
-const F_LINKS: i32 = std::mem::offset_of!(NativeFrame, links) as i32;
 const F_LINK: i32 = std::mem::offset_of!(NativeFrame, link) as i32;
 const F_START: i32 = std::mem::offset_of!(NativeFrame, start) as i32;
 const F_POS: i32 = std::mem::offset_of!(NativeFrame, pos) as i32;
@@ -132,6 +130,9 @@ pub trait NativeCode: Send {
     fn call(&mut self, handle: usize, offset: usize, frame: &mut NativeFrame);
     /// The host address of the code of `handle`, which linked code jumps to.
     fn address(&self, handle: usize) -> u64;
+    /// Sets the displacement of the `JMP rel32` at host address `site` (a link slot of
+    /// installed code, see [`crate::native`]) to `rel`; ignored when `site` is not one.
+    fn patch(&mut self, site: u64, rel: i32);
 }
 
 /// A block's host code as made by [`compile`].
@@ -142,8 +143,9 @@ pub(crate) struct Compiled {
     pub(crate) entries: u64,
     /// Offset of the dispatch entry, which starts at the frame's `pos`.
     pub(crate) dispatch: usize,
-    /// Link slots used (numbered from the `first_link` given to [`compile`]).
-    pub(crate) links: u32,
+    /// Offsets of the link slots' `JMP rel32` in `code`, in slot order (numbered from the
+    /// `first_link` given to [`compile`]).
+    pub(crate) sites: Vec<usize>,
 }
 
 /// Offsets in a [`RamEntry`] (`repr(C)`, 64 bytes).
@@ -327,10 +329,10 @@ pub(crate) fn compile(
     bits: u32,
     first_link: u32,
 ) -> Option<Compiled> {
-    // Slots are addressed with a 32-bit displacement (16 bytes each).
+    // Slot numbers (plus one) are written as 32-bit immediates.
     if bits == 16
         || insns.len() > 64
-        || first_link > (i32::MAX as u32 / 16) - 65
+        || first_link > i32::MAX as u32 - 65
         || view_id > i32::MAX as u32
     {
         return None;
@@ -378,6 +380,7 @@ pub(crate) fn compile(
         held: None,
         first_link,
         links: 0,
+        sites: Vec::new(),
     };
     let dispatch = g.emit(&insns[..n], &native, &capture).ok()?;
     let r =
@@ -390,11 +393,17 @@ pub(crate) fn compile(
         Some(l) => r.label_ip(&l).ok()? as usize,
         None => 0,
     };
+    let sites = g
+        .sites
+        .iter()
+        .map(|l| r.label_ip(l).map(|ip| ip as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
     Some(Compiled {
         code: r.inner.code_buffer,
         entries,
         dispatch,
-        links: g.links,
+        sites,
     })
 }
 
@@ -492,6 +501,8 @@ struct Gen<'v> {
     /// The first link slot of this code and the number used so far.
     first_link: u32,
     links: u32,
+    /// The link slots' JMPs, in slot order.
+    sites: Vec<CodeLabel>,
 }
 
 type Res = Result<(), IcedError>;
@@ -586,8 +597,8 @@ impl Gen<'_> {
     }
 
     /// Leaves the code for the constant address `rip` after `done` instructions, through a
-    /// new link slot: straight to the linked code when the slot was filled under the frame's stamp and
-    /// the instruction allowance lasts.
+    /// new link slot: straight to the linked code once the slot's JMP leads there, while the
+    /// instruction allowance lasts.
     fn leave(&mut self, done: usize, rip: u64) -> Res {
         if let Some(top) = self.top.filter(|_| rip == self.start) {
             // Back to this code's own start: no link needed while the allowance lasts.
@@ -601,19 +612,17 @@ impl Gen<'_> {
         }
         let slot = self.first_link + self.links;
         self.links += 1;
-        // In range: `compile` leaves room for a slot per instruction and one more.
-        let at = (slot * 16) as i32;
         let mut out = self.a.create_label();
-        self.a.mov(rax, qword_ptr(rdi + F_LINKS))?;
-        self.a.mov(rcx, qword_ptr(rdi + F_STAMP))?;
-        self.a.cmp(rcx, qword_ptr(rax + at))?;
-        self.a.jne(out)?;
-        self.a.mov(rcx, qword_ptr(rdi + F_CHAIN))?;
-        self.a.sub(rcx, done as i32)?;
+        let mut site = self.a.create_label();
+        self.a.sub(qword_ptr(rdi + F_CHAIN), done as i32)?;
         self.a.jle(out)?;
-        self.a.mov(qword_ptr(rdi + F_CHAIN), rcx)?;
-        self.a.jmp(qword_ptr(rax + at + 8))?;
+        self.a.set_label(&mut site)?;
+        // JMP rel32 to the next instruction, until the CPU links the slot.
+        self.a.db(&[0xe9, 0, 0, 0, 0])?;
+        self.sites.push(site);
         self.a.set_label(&mut out)?;
+        // Not followed: the allowance is as it was.
+        self.a.add(qword_ptr(rdi + F_CHAIN), done as i32)?;
         self.a.mov(qword_ptr(rdi + F_LINK), slot as i32 + 1)?;
         self.exit(done, rip, EXIT_LEFT)
     }

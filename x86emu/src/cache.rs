@@ -149,7 +149,7 @@ pub(crate) struct TlbEntry {
     pub(crate) exec: bool,
 }
 
-pub(crate) const RAM_ENTRIES: usize = 512;
+pub(crate) const RAM_ENTRIES: usize = 2048;
 
 /// Where a linear page lies in directly accessible RAM ([`Bus::ram`](crate::Bus::ram)), for
 /// data accesses whose segment needs no checks (see `DataView` in the block engine). Filled
@@ -329,7 +329,7 @@ impl Tlb {
 
 /// Largest number of instructions in one block.
 pub(crate) const BLOCK_MAX: usize = 64;
-const BLOCK_ENTRIES: usize = 16384;
+const BLOCK_ENTRIES: usize = 65536;
 
 /// How execution goes on after an instruction of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

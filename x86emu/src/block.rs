@@ -24,8 +24,8 @@ use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
 /// Instructions the block engine runs at most between two questions to its stop condition.
 pub(crate) const CHECK_INTERVAL: u32 = 1024;
 
-/// Largest number of data views native code of one generation is made for.
-const MAX_VIEWS: usize = 64;
+/// Largest number of data views numbered for the jump cache (then the numbering starts over).
+const MAX_VIEWS: usize = 256;
 
 /// The slot of a way out (see [`Link`]) that was a RET the jump cache missed: the entry for
 /// the next block is filled.
@@ -873,7 +873,7 @@ impl Cpu {
             };
             let native = self.native_for(idx, &view);
             if let Some(n) = native.filter(|_| pending.slot != 0 && pending.stamp == stamp) {
-                self.link(pending, n);
+                self.link(pending, n, &view);
             }
             let chain = i64::from(CHECK_INTERVAL.saturating_sub(unchecked)).min(*left);
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
@@ -1087,18 +1087,18 @@ impl Cpu {
     /// Points the slot of `link` (or, for [`JUMPED`], the jump cache entry of the current RIP)
     /// at the first instruction of `target`, if the slot is of the current code generation
     /// and the code starts there.
-    fn link(&mut self, link: Link, target: NativeBlock) {
+    fn link(&mut self, link: Link, target: NativeBlock, view: &DataView) {
         if link.gen != self.native_gen || target.gen != link.gen || target.entries & 1 == 0 {
             return;
         }
-        let Some(code) = self.native.as_mut() else {
+        let Some(address) = self.native.as_ref().map(|c| c.address(target.handle)) else {
             return;
         };
-        let address = code.address(target.handle);
         if link.slot == JUMPED {
             let rip = self.state.rip;
+            let number = self.view_number(view);
             if let Some(e) = self.native_jumps.get_mut(native::jump_index(rip)) {
-                *e = [rip, link.stamp, u64::from(target.view_id), address];
+                *e = [rip, link.stamp, number, address];
             }
             return;
         }
@@ -1116,9 +1116,37 @@ impl Cpu {
         let Ok(rel) = i32::try_from(rel) else {
             return;
         };
+        let Some(code) = self.native.as_mut() else {
+            return;
+        };
         code.patch(slot[1], rel);
         slot[0] = link.stamp;
         self.native_linked.push(s);
+    }
+
+    /// The number of `view` among the CPU's views (for the jump cache). When they are many,
+    /// the numbering starts over and the jump cache is emptied.
+    fn view_number(&mut self, view: &DataView) -> u64 {
+        if let Some((v, gen, number)) = &self.native_view {
+            if *gen == self.native_gen && v.same(view) {
+                return *number;
+            }
+        }
+        let number = match self.native_views.iter().position(|v| v.same(view)) {
+            Some(i) => i,
+            None => {
+                if self.native_views.len() >= MAX_VIEWS {
+                    self.native_views.clear();
+                    for e in &mut self.native_jumps {
+                        e[1] = u64::MAX;
+                    }
+                }
+                self.native_views.push(*view);
+                self.native_views.len() - 1
+            }
+        } as u64;
+        self.native_view = Some((*view, self.native_gen, number));
+        number
     }
 
     /// The block's host code for `view`, translating the block once it ran often enough;
@@ -1128,7 +1156,7 @@ impl Cpu {
         let code = self.native.as_mut()?;
         let b = &mut self.blocks.blocks[idx];
         if let Some(n) = b.native {
-            if n.gen == gen && n.view.same(view) {
+            if n.gen == gen && n.view.same(&view.only(n.segs)) {
                 return Some(n);
             }
         }
@@ -1145,35 +1173,25 @@ impl Cpu {
             _ => 64,
         };
         let first_link = u32::try_from(self.native_links.len()).ok()?;
-        let known = self.native_views.iter().position(|v| v.same(view));
-        let mut view_id = known.unwrap_or(self.native_views.len());
-        let Some(mut c) = crate::native::compile(&b.insns, view, view_id as u32, bits, first_link)
-        else {
+        let Some(mut c) = crate::native::compile(&b.insns, view, bits, first_link) else {
             // Not again until the block is decoded anew.
             b.runs = u32::MAX;
             return None;
         };
         b.runs = 0;
-        let installed = if self.native_links.len() < MAX_LINKS && view_id < MAX_VIEWS {
+        let installed = if self.native_links.len() < MAX_LINKS {
             code.install(&c.code)
         } else {
             None
         };
         let handle = match installed {
-            Some(h) => {
-                if known.is_none() {
-                    self.native_views.push(*view);
-                }
-                h
-            }
+            Some(h) => h,
             None => {
                 // Full: start over with the blocks that run from now on.
                 code.clear();
                 self.new_native_generation();
-                self.native_views.push(*view);
-                view_id = 0;
                 let b = &self.blocks.blocks[idx];
-                c = crate::native::compile(&b.insns, view, 0, bits, 0)?;
+                c = crate::native::compile(&b.insns, view, bits, 0)?;
                 self.native.as_mut()?.install(&c.code)?
             }
         };
@@ -1185,8 +1203,8 @@ impl Cpu {
             handle,
             entries: c.entries,
             dispatch: c.dispatch,
-            view: *view,
-            view_id: view_id as u32,
+            view: view.only(c.segs),
+            segs: c.segs,
         };
         self.blocks.blocks[idx].native = Some(n);
         Some(n)
@@ -1194,16 +1212,19 @@ impl Cpu {
 
     /// Runs the host code of a block from instruction `pos`, following links while `chain`
     /// instructions last.
+    #[allow(clippy::too_many_arguments)]
     fn run_native(
         &mut self,
         n: NativeBlock,
         pos: usize,
         chain: i64,
+        view: &DataView,
         tracker: &crate::cache::CodeTracker,
         stamp: u64,
         lz: &mut Lazy,
     ) -> NativeRun {
         self.settle(lz);
+        let number = self.view_number(view);
         let mut f = NativeFrame {
             gpr: self.state.gpr.as_mut_ptr() as usize,
             ram: self.tlb.ram_table(),
@@ -1211,6 +1232,7 @@ impl Cpu {
             stamp,
             chain,
             jumps: self.native_jumps.as_ptr() as usize,
+            view: number,
             pos: pos as u64,
             ..NativeFrame::default()
         };
@@ -1270,7 +1292,7 @@ impl Cpu {
         let start = rip;
         loop {
             if let Some(n) = native.filter(|n| pos < 64 && n.entries & (1 << pos) != 0) {
-                let r = self.run_native(n, pos, chain - i64::from(done), tracker, stamp, lz);
+                let r = self.run_native(n, pos, chain - i64::from(done), view, tracker, stamp, lz);
                 done = done.saturating_add(r.completed);
                 rip = r.rip;
                 match r.exit {

@@ -388,10 +388,11 @@ pub(crate) struct NativeBlock {
     pub(crate) entries: u64,
     /// Offset of the dispatch entry.
     pub(crate) dispatch: usize,
-    /// The data view the code was made for (its memory lookups depend on it).
+    /// The data view the code was made for, as far as it depends on it (`DataView::only`
+    /// with `segs`).
     pub(crate) view: crate::mmu::DataView,
-    /// The view's number among the CPU's views of this generation (for the jump cache).
-    pub(crate) view_id: u32,
+    /// The segments its memory accesses go through.
+    pub(crate) segs: u8,
 }
 
 /// Per-CPU decoded blocks, direct-mapped by physical address. Entries decoded before the

@@ -193,8 +193,10 @@ pub struct Cpu {
     pub(crate) native_links: Vec<[u64; 2]>,
     /// The slots linked since the link stamp last changed (pointed back when it does).
     pub(crate) native_linked: Vec<usize>,
-    /// The data views native code of this generation was made for, numbered by position.
+    /// The data views native code ran under, numbered by position (for the jump cache).
     pub(crate) native_views: Vec<crate::mmu::DataView>,
+    /// The last view numbered: the view, the code generation and its number.
+    pub(crate) native_view: Option<(crate::mmu::DataView, u64, u64)>,
     /// The jump cache (see [`crate::native`]): RIP, link stamp (`u64::MAX`: empty), view
     /// number and host code address.
     pub(crate) native_jumps: Vec<[u64; 4]>,
@@ -236,6 +238,7 @@ impl Cpu {
             native_links: Vec::new(),
             native_linked: Vec::new(),
             native_views: Vec::new(),
+            native_view: None,
             native_jumps: Vec::new(),
             link_stamp: 0,
             link_basis: (u64::MAX, u64::MAX),

@@ -768,6 +768,20 @@ impl DataView {
         d == 0
     }
 
+    /// The view as code that accesses memory only through the segments in `segs` (a bit per
+    /// index) depends on: the others' bases and permissions cleared.
+    pub(crate) fn only(&self, segs: u8) -> Self {
+        let mut v = *self;
+        for (s, b) in v.base.iter_mut().enumerate() {
+            if segs & (1 << s) == 0 {
+                *b = 0;
+            }
+        }
+        v.read &= segs;
+        v.write &= segs;
+        v
+    }
+
     /// True when accesses through segment `seg` with offsets masked by `amask` need no
     /// segment checks and their linear addresses no further masking.
     pub(crate) fn direct(&self, seg: usize, amask: u64, write: bool) -> bool {

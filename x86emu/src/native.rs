@@ -28,9 +28,12 @@
 //! back when its link stamp (code epoch and translations) changes.
 //!
 //! A RET goes on through the CPU's jump cache: entries map a RIP to the host code of the
-//! block there, for one data view and link stamp. A hit under the code's own view and the
-//! current stamp jumps straight there; a miss leaves the code, and the CPU fills the entry
-//! once it found native code for the block at that RIP.
+//! block there, for one data view (by its number in the frame) and link stamp. A hit under
+//! the frame's view and stamp jumps straight there; a miss leaves the code, and the CPU fills
+//! the entry once it found native code for the block at that RIP.
+//!
+//! Code depends on the data view only through the segments its memory operands use (see
+//! [`Compiled::segs`]), so code that never touches FS is not made again when FS moves.
 
 use crate::alu::{Shift, AF, OF};
 use crate::block::{AluOp, Fast, Gpr, MemOp};
@@ -73,6 +76,9 @@ pub struct NativeFrame {
     /// In: address of the jump cache ([`JUMP_ENTRIES`] entries of four words: RIP, link
     /// stamp, view number, host code address).
     pub(crate) jumps: usize,
+    /// In: the number of the current data view among the CPU's views (jump cache entries
+    /// made under another are not followed).
+    pub(crate) view: u64,
 }
 
 const F_GPR: i32 = std::mem::offset_of!(NativeFrame, gpr) as i32;
@@ -88,6 +94,7 @@ const F_LINK: i32 = std::mem::offset_of!(NativeFrame, link) as i32;
 const F_START: i32 = std::mem::offset_of!(NativeFrame, start) as i32;
 const F_POS: i32 = std::mem::offset_of!(NativeFrame, pos) as i32;
 const F_JUMPS: i32 = std::mem::offset_of!(NativeFrame, jumps) as i32;
+const F_VIEW: i32 = std::mem::offset_of!(NativeFrame, view) as i32;
 
 /// The frame form of the status flags in `rflags` (see [`NativeFrame::flags`]).
 pub(crate) fn flags_to_frame(rflags: u64) -> u64 {
@@ -146,6 +153,10 @@ pub(crate) struct Compiled {
     /// Offsets of the link slots' `JMP rel32` in `code`, in slot order (numbered from the
     /// `first_link` given to [`compile`]).
     pub(crate) sites: Vec<usize>,
+    /// Segments (a bit per index) the code's memory accesses go through: the code is good
+    /// for every view that agrees with the one it was made for on these (and on the rest
+    /// of the view but the segment bases and permissions).
+    pub(crate) segs: u8,
 }
 
 /// Offsets in a [`RamEntry`] (`repr(C)`, 64 bytes).
@@ -320,21 +331,16 @@ fn props(f: &Fast) -> Props {
     p
 }
 
-/// Host code for the block `insns` under `view` (numbered `view_id` among the CPU's views),
-/// its link slots numbered from `first_link`; `None` when no instruction has a native form.
+/// Host code for the block `insns` under `view`, its link slots numbered from `first_link`;
+/// `None` when no instruction has a native form.
 pub(crate) fn compile(
     insns: &[Decoded],
     view: &DataView,
-    view_id: u32,
     bits: u32,
     first_link: u32,
 ) -> Option<Compiled> {
     // Slot numbers (plus one) are written as 32-bit immediates.
-    if bits == 16
-        || insns.len() > 64
-        || first_link > i32::MAX as u32 - 65
-        || view_id > i32::MAX as u32
-    {
+    if bits == 16 || insns.len() > 64 || first_link > i32::MAX as u32 - 65 {
         return None;
     }
     let mut native: Vec<bool> = insns.iter().map(|d| supported(d, view)).collect();
@@ -372,7 +378,6 @@ pub(crate) fn compile(
     let mut g = Gen {
         a: CodeAssembler::new(64).ok()?,
         view,
-        view_id,
         host_flags: false,
         stubs: Vec::new(),
         start: insns[0].insn.ip(),
@@ -399,12 +404,35 @@ pub(crate) fn compile(
         .map(|l| r.label_ip(l).map(|ip| ip as usize))
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
+    let segs = insns[..n]
+        .iter()
+        .zip(&native)
+        .filter(|(_, &x)| x)
+        .fold(0u8, |s, (d, _)| s | segments(&d.fast));
     Some(Compiled {
         code: r.inner.code_buffer,
         entries,
         dispatch,
         sites,
+        segs,
     })
+}
+
+/// The segments (a bit per index) the native form of `f` accesses memory through.
+fn segments(f: &Fast) -> u8 {
+    match f {
+        Fast::Load { m, .. }
+        | Fast::AluRM { m, .. }
+        | Fast::CmovRM { m, .. }
+        | Fast::ImulRM { m, .. }
+        | Fast::StoreR { m, .. }
+        | Fast::StoreI { m, .. }
+        | Fast::AluMR { m, .. }
+        | Fast::AluMI { m, .. } => 1 << (m.seg & 7),
+        // Stack accesses: PUSH, POP and the native CALL and RET.
+        Fast::Push { .. } | Fast::Pop { .. } | Fast::Generic => 1 << crate::state::seg::SS,
+        _ => 0,
+    }
 }
 
 /// True for the instructions after which the code never goes on.
@@ -485,8 +513,6 @@ enum Stub {
 struct Gen<'v> {
     a: CodeAssembler,
     view: &'v DataView,
-    /// The view's number in the jump cache.
-    view_id: u32,
     /// The host's status flags are the guest's.
     host_flags: bool,
     stubs: Vec<(CodeLabel, Stub)>,
@@ -1273,7 +1299,8 @@ impl Gen<'_> {
         self.a.mov(rdx, qword_ptr(rdi + F_STAMP))?;
         self.a.cmp(rdx, qword_ptr(rax + 8))?;
         self.a.jne(miss)?;
-        self.a.cmp(qword_ptr(rax + 16), self.view_id as i32)?;
+        self.a.mov(rdx, qword_ptr(rdi + F_VIEW))?;
+        self.a.cmp(rdx, qword_ptr(rax + 16))?;
         self.a.jne(miss)?;
         self.a.mov(rdx, qword_ptr(rdi + F_CHAIN))?;
         self.a.sub(rdx, done as i32)?;

@@ -770,3 +770,29 @@ fn a_loaded_register_serves_as_base_beside_another_index() {
     );
     assert_eq!(edx, 0x4444_4444);
 }
+
+#[test]
+fn a_register_the_interpreter_loaded_is_seen_by_the_instructions_after_it() {
+    // The first round's load of RSI misses the RAM entries, so the native code leaves before
+    // it and the interpreter runs it; the ADD after it must see RSI as loaded (in later rounds
+    // native code hands it over in a host register).
+    let edx = run_linked(
+        &[
+            (
+                0x10000,
+                &[
+                    0x48, 0xc7, 0xc3, 0x00, 0x00, 0x02, 0x00, // mov rbx, 0x20000
+                    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+                    0x48, 0x8b, 0x33, // 1000c: mov rsi, [rbx]
+                    0x01, 0xf2, // add edx, esi
+                    0xff, 0xc9, // dec ecx
+                    0x75, 0xf7, // jnz 0x1000c
+                    0xf4, // hlt
+                ],
+            ),
+            (0x20000, &[0x11, 0x11, 0x11, 0x11]),
+        ],
+        false,
+    );
+    assert_eq!(edx, 0x4444_4444);
+}

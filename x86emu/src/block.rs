@@ -772,6 +772,22 @@ fn flow_of(i: &Instruction) -> Flow {
     }
 }
 
+/// The block engine's form of the decoded instruction `insn` of `bits`-bit code.
+pub(crate) fn decoded(insn: Instruction, bits: u32) -> Decoded {
+    let fast = fast_form(&insn, bits);
+    let flow = match flow_of(&insn) {
+        Flow::Next if fast.may_write() => Flow::NextAfterStore,
+        Flow::Next if !matches!(fast, Fast::Generic | Fast::Jcc { .. }) => Flow::Straight,
+        f => f,
+    };
+    Decoded {
+        insn,
+        next: insn.next_ip(),
+        flow,
+        fast,
+    }
+}
+
 impl Cpu {
     /// Runs instructions until `budget` of them executed, the processor halts or shuts down,
     /// or `stop` returns true. `stop` is asked after every instruction that may have changed
@@ -1030,20 +1046,10 @@ impl Cpu {
             if insn.next_ip() != end || (bits != 64 && end >= ip_limit) {
                 break;
             }
-            let fast = fast_form(&insn, bits);
-            let flow = match flow_of(&insn) {
-                Flow::Next if fast.may_write() => Flow::NextAfterStore,
-                Flow::Next if !matches!(fast, Fast::Generic | Fast::Jcc { .. }) => Flow::Straight,
-                f => f,
-            };
-            insns.push(Decoded {
-                insn,
-                next: insn.next_ip(),
-                flow,
-                fast,
-            });
+            let d = decoded(insn, bits);
+            insns.push(d);
             bytes_len = insn.next_ip() - ip;
-            if matches!(flow, Flow::End | Flow::Exit) {
+            if matches!(d.flow, Flow::End | Flow::Exit) {
                 break;
             }
         }

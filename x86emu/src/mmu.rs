@@ -782,6 +782,21 @@ impl DataView {
         v
     }
 
+    /// The view of 64-bit kernel code with paging on and FS and GS at 0 (for tests).
+    #[cfg(test)]
+    pub(crate) fn long_mode() -> Self {
+        DataView {
+            base: [0; 6],
+            read: 0x3f,
+            write: 0x3f,
+            high: 0,
+            key: crate::cache::ram_key(0, true, false),
+            stack_mask: u64::MAX,
+            cs_limit: u64::MAX,
+            cs_base: 0,
+        }
+    }
+
     /// True when accesses through segment `seg` with offsets masked by `amask` need no
     /// segment checks and their linear addresses no further masking.
     pub(crate) fn direct(&self, seg: usize, amask: u64, write: bool) -> bool {

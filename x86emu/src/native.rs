@@ -37,7 +37,7 @@
 
 use crate::alu::{Shift, AF, OF};
 use crate::block::{AluOp, Fast, Gpr, MemOp};
-use crate::cache::{Decoded, RamEntry};
+use crate::cache::{Decoded, Flow, RamEntry};
 use crate::mmu::DataView;
 use iced_x86::code_asm::*;
 use iced_x86::ConditionCode;
@@ -435,9 +435,12 @@ fn segments(f: &Fast) -> u8 {
     }
 }
 
-/// True for the instructions after which the code never goes on.
+/// True for the instructions after which the code never goes on: those that end a block
+/// (JMP, CALL, RET and the instructions after which the block engine looks at the processor
+/// anew). An instruction without a native form in the middle of a block does not end the code:
+/// the interpreter runs it and enters the code again after it.
 fn ends(d: &Decoded) -> bool {
-    matches!(d.fast, Fast::Jmp { .. } | Fast::Generic)
+    matches!(d.flow, Flow::End | Flow::Exit)
 }
 
 /// The guest register whose whole value a scratch register holds after the code of `f`: its
@@ -1446,5 +1449,48 @@ impl Gen<'_> {
         self.a.and(r9d, 1)?;
         self.a.or(rcx, r9)?;
         self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    /// The block engine's instructions for 64-bit code `bytes`.
+    fn block(bytes: &[u8]) -> Vec<Decoded> {
+        Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE)
+            .into_iter()
+            .map(|i| crate::block::decoded(i, 64))
+            .collect()
+    }
+
+    #[test]
+    fn code_goes_on_after_an_instruction_without_a_native_form() {
+        // add rax, rbx; bswap rax (no native form); add rax, rbx; inc dword [rcx]
+        // (none); add rax, rbx
+        let insns = block(&[
+            0x48, 0x01, 0xd8, 0x48, 0x0f, 0xc8, 0x48, 0x01, 0xd8, 0xff, 0x01, 0x48, 0x01, 0xd8,
+        ]);
+        assert!(!supported(&insns[1], &DataView::long_mode()));
+        assert!(!supported(&insns[3], &DataView::long_mode()));
+        let c = compile(&insns, &DataView::long_mode(), 64, 0).expect("native code");
+        assert_eq!(c.entries, 0b10101);
+        assert_ne!(c.dispatch, 0);
+    }
+
+    #[test]
+    fn a_block_that_starts_without_a_native_form_has_code_after_it() {
+        // bswap rax; add rax, rbx
+        let insns = block(&[0x48, 0x0f, 0xc8, 0x48, 0x01, 0xd8]);
+        let c = compile(&insns, &DataView::long_mode(), 64, 0).expect("native code");
+        assert_eq!(c.entries, 0b10);
+    }
+
+    #[test]
+    fn a_block_without_native_forms_has_no_code() {
+        // bswap rax; bswap rbx
+        let insns = block(&[0x48, 0x0f, 0xc8, 0x48, 0x0f, 0xcb]);
+        assert!(compile(&insns, &DataView::long_mode(), 64, 0).is_none());
     }
 }

@@ -8,6 +8,7 @@
 //! bits, INVLPG, EFER).
 
 use iced_x86::Instruction;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The code bitmap word of pages the tracker does not cover (always 0).
@@ -147,6 +148,11 @@ pub(crate) struct TlbEntry {
     pub(crate) user: bool,
     /// Instruction fetch allowed.
     pub(crate) exec: bool,
+    /// A global translation (kept when CR3 is loaded).
+    pub(crate) global: bool,
+    /// The [`Tlb`]'s fetch epoch in which code was fetched through the entry (see
+    /// [`Tlb::note_fetch`]).
+    pub(crate) fetched: u64,
 }
 
 pub(crate) const RAM_ENTRIES: usize = 2048;
@@ -209,17 +215,35 @@ pub(crate) fn ram_key(lin: u64, paging: bool, user: bool) -> u64 {
     (lin >> 12 << 3) | (u64::from(paging) << 2) | (u64::from(user) << 1) | 1
 }
 
-/// Direct-mapped TLB. A full flush starts a new generation instead of touching every entry.
+/// Sizes of large pages (offset masks): 2 MiB, 4 MiB, 1 GiB.
+const LARGE_MASKS: [u64; 3] = [0x1f_ffff, 0x3f_ffff, 0x3fff_ffff];
+
+/// Most large-page regions remembered between full flushes; beyond, INVLPG flushes all.
+const LARGE_REGIONS: usize = 4096;
+
+/// Direct-mapped TLB. A flush starts a new generation instead of touching every entry: global
+/// entries belong to a generation of their own, which only a full flush ends.
 pub(crate) struct Tlb {
     entries: Vec<TlbEntry>,
     gen: u64,
-    /// Some entry of this generation came from a large page (INVLPG then flushes everything,
-    /// since entries are kept per 4 KiB).
-    large: bool,
+    /// Generation of global entries (counted apart from `gen`, from the top bit).
+    global_gen: u64,
+    /// Large pages this generation's entries came from, as base | index in [`LARGE_MASKS`]
+    /// (entries are kept per 4 KiB, so INVLPG in such a page drops the whole page's).
+    large: HashSet<u64>,
     /// Linear pages → RAM for the block engine's data accesses; flushed with the TLB.
     ram: Box<[RamEntry; RAM_ENTRIES]>,
-    /// Flushes so far, of single pages too (linked native code relies on translations).
+    /// Whether each RAM entry came from a global translation.
+    ram_global: Box<[bool; RAM_ENTRIES]>,
+    /// Times a translation code was fetched through may have changed (linked native code
+    /// relies on those).
     changes: u64,
+    /// Linear pages code was fetched from since `changes` last moved, and whether one of
+    /// them was not global.
+    fetched: HashSet<u64>,
+    fetched_local: bool,
+    /// Counts `changes`, offset so that 0 never matches ([`TlbEntry::fetched`]).
+    fetch_epoch: u64,
 }
 
 impl Tlb {
@@ -233,20 +257,51 @@ impl Tlb {
                     write: false,
                     user_write: false,
                     user: false,
-                    exec: false
+                    exec: false,
+                    global: false,
+                    fetched: 0,
                 };
                 TLB_ENTRIES
             ],
             gen: 1,
-            large: false,
+            global_gen: 1 << 63,
+            large: HashSet::new(),
             ram: Box::new([RAM_EMPTY; RAM_ENTRIES]),
+            ram_global: Box::new([false; RAM_ENTRIES]),
             changes: 0,
+            fetched: HashSet::new(),
+            fetched_local: false,
+            fetch_epoch: 1,
         }
     }
 
-    /// Flushes so far: translations are unchanged while this is.
+    /// Changes of the translations code was fetched through: those are unchanged while
+    /// this is.
     pub(crate) fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Records that code is fetched through the current entry of `lin` (made or checked by
+    /// the caller just now).
+    #[inline]
+    pub(crate) fn note_fetch(&mut self, lin: u64) {
+        let page = lin >> 12;
+        let epoch = self.fetch_epoch;
+        let e = &mut self.entries[(page as usize) & (TLB_ENTRIES - 1)];
+        if e.key != page + 1 || e.fetched == epoch {
+            return;
+        }
+        e.fetched = epoch;
+        self.fetched_local |= !e.global;
+        self.fetched.insert(page);
+    }
+
+    /// A translation code was fetched through may have changed.
+    fn changed(&mut self) {
+        self.changes += 1;
+        self.fetch_epoch += 1;
+        self.fetched.clear();
+        self.fetched_local = false;
     }
 
     /// The RAM entry slot of `lin`'s page.
@@ -258,9 +313,10 @@ impl Tlb {
     /// Records that `key`'s page lies at `offset` in RAM region `region` (starting at
     /// `start`, with the page at host address `host`) and may be read, and written when
     /// `write`. A write fill keeps nothing else; a read fill keeps the write permission of
-    /// the same page and place.
-    pub(crate) fn ram_insert(&mut self, key: u64, place: RamPlace, write: bool) {
-        let e = &mut self.ram[((key >> 3) as usize) & (RAM_ENTRIES - 1)];
+    /// the same page and place. `global`: the page's translation is global.
+    pub(crate) fn ram_insert(&mut self, key: u64, place: RamPlace, write: bool, global: bool) {
+        let i = ((key >> 3) as usize) & (RAM_ENTRIES - 1);
+        let e = &mut self.ram[i];
         let writable = write
             || (e.write == key
                 && e.region == place.region
@@ -276,6 +332,7 @@ impl Tlb {
             offset: place.offset,
             code: place.code,
         };
+        self.ram_global[i] = global;
     }
 
     /// Forgets every RAM entry (the RAM regions changed).
@@ -292,38 +349,79 @@ impl Tlb {
     pub(crate) fn lookup(&self, lin: u64) -> Option<&TlbEntry> {
         let page = lin >> 12;
         let e = &self.entries[(page as usize) & (TLB_ENTRIES - 1)];
-        (e.key == page + 1 && e.gen == self.gen).then_some(e)
+        (e.key == page + 1 && (e.gen == self.gen || e.gen == self.global_gen)).then_some(e)
     }
 
-    pub(crate) fn insert(&mut self, lin: u64, e: TlbEntry, large: bool) {
-        self.large |= large;
+    /// Caches the translation of `lin`; `large`: the offset mask of the large page it came
+    /// from (0xfff for a 4 KiB page).
+    pub(crate) fn insert(&mut self, lin: u64, e: TlbEntry, large: u64) {
+        if let Some(k) = LARGE_MASKS.iter().position(|&m| m == large) {
+            if self.large.len() >= LARGE_REGIONS {
+                self.flush();
+            }
+            self.large.insert((lin & !large) | k as u64);
+        }
         let page = lin >> 12;
         self.entries[(page as usize) & (TLB_ENTRIES - 1)] = TlbEntry {
             key: page + 1,
-            gen: self.gen,
+            gen: if e.global { self.global_gen } else { self.gen },
+            fetched: 0,
             ..e
         };
     }
 
+    /// Drops every translation, global ones too.
     pub(crate) fn flush(&mut self) {
         self.gen += 1;
-        self.changes += 1;
-        self.large = false;
+        self.global_gen += 1;
+        self.large.clear();
         self.ram.fill(RAM_EMPTY);
+        self.changed();
     }
 
+    /// Drops the translations that are not global (a CR3 load with CR4.PGE set).
+    pub(crate) fn flush_local(&mut self) {
+        self.gen += 1;
+        for (e, global) in self.ram.iter_mut().zip(self.ram_global.iter()) {
+            if !global {
+                *e = RAM_EMPTY;
+            }
+        }
+        if self.fetched_local {
+            self.changed();
+        }
+    }
+
+    /// Drops the translations of `lin`'s page (INVLPG): of the whole large page when it lies
+    /// in one.
     pub(crate) fn flush_page(&mut self, lin: u64) {
-        self.changes += 1;
-        if self.large {
-            self.flush();
-            return;
+        let region = LARGE_MASKS
+            .iter()
+            .enumerate()
+            .find(|&(k, &m)| self.large.contains(&((lin & !m) | k as u64)));
+        let (first, pages) = match region {
+            None => (lin >> 12, 1),
+            Some((k, &m)) if m < 0x3fff_ffff => {
+                self.large.remove(&((lin & !m) | k as u64));
+                ((lin & !m) >> 12, (m + 1) >> 12)
+            }
+            Some(_) => {
+                self.flush();
+                return;
+            }
+        };
+        let mut code = false;
+        for page in first..first + pages {
+            let e = &mut self.entries[(page as usize) & (TLB_ENTRIES - 1)];
+            if e.key == page + 1 {
+                e.key = 0;
+            }
+            self.ram[(page as usize) & (RAM_ENTRIES - 1)] = RAM_EMPTY;
+            code |= self.fetched.contains(&page);
         }
-        let page = lin >> 12;
-        let e = &mut self.entries[(page as usize) & (TLB_ENTRIES - 1)];
-        if e.key == page + 1 {
-            e.key = 0;
+        if code {
+            self.changed();
         }
-        self.ram[(page as usize) & (RAM_ENTRIES - 1)] = RAM_EMPTY;
     }
 }
 
@@ -423,5 +521,98 @@ impl BlockCache {
         for b in &mut self.blocks {
             b.tag = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(phys: u64, global: bool) -> TlbEntry {
+        TlbEntry {
+            key: 0,
+            gen: 0,
+            phys,
+            write: true,
+            user_write: true,
+            user: true,
+            exec: true,
+            global,
+            fetched: 0,
+        }
+    }
+
+    #[test]
+    fn invlpg_in_a_large_page_drops_all_its_small_entries() {
+        let mut t = Tlb::new();
+        let base = 0xffff_8880_0020_0000u64;
+        for page in [0u64, 1, 0x1ff] {
+            let lin = base + page * 0x1000;
+            t.insert(lin, entry(0x20_0000 + page * 0x1000, false), 0x1f_ffff);
+        }
+        t.insert(0x7000, entry(0x7000, false), 0xfff);
+        t.flush_page(base + 0x5000);
+        for page in [0u64, 1, 0x1ff] {
+            assert!(t.lookup(base + page * 0x1000).is_none());
+        }
+        assert!(t.lookup(0x7000).is_some(), "a 4 KiB page elsewhere stays");
+        // A 4 KiB page: only that one.
+        t.insert(0x8000, entry(0x8000, false), 0xfff);
+        t.flush_page(0x8000);
+        assert!(t.lookup(0x8000).is_none());
+        assert!(t.lookup(0x7000).is_some());
+    }
+
+    #[test]
+    fn a_cr3_load_keeps_global_entries_and_a_full_flush_does_not() {
+        let mut t = Tlb::new();
+        t.insert(0x1000, entry(0x1000, true), 0xfff);
+        t.insert(0x2000, entry(0x2000, false), 0xfff);
+        t.flush_local();
+        assert!(t.lookup(0x1000).is_some());
+        assert!(t.lookup(0x2000).is_none());
+        t.flush();
+        assert!(t.lookup(0x1000).is_none());
+    }
+
+    #[test]
+    fn translations_code_came_through_count_as_changes() {
+        let mut t = Tlb::new();
+        t.insert(0x1000, entry(0x1000, true), 0xfff);
+        t.insert(0x2000, entry(0x2000, false), 0xfff);
+        t.note_fetch(0x1000);
+        let c = t.changes();
+        // Data pages and CR3 loads that keep the global code page: no change.
+        t.flush_page(0x2000);
+        t.flush_local();
+        assert_eq!(t.changes(), c);
+        // The code page itself.
+        t.flush_page(0x1000);
+        assert_ne!(t.changes(), c);
+        // Code fetched through a local translation: a CR3 load changes it.
+        t.insert(0x3000, entry(0x3000, false), 0xfff);
+        t.note_fetch(0x3000);
+        let c = t.changes();
+        t.flush_local();
+        assert_ne!(t.changes(), c);
+        // Fetched again in the new epoch (the entry was made anew): noted again.
+        t.insert(0x3000, entry(0x3000, false), 0xfff);
+        t.note_fetch(0x3000);
+        let c = t.changes();
+        t.flush_page(0x3000);
+        assert_ne!(t.changes(), c);
+    }
+
+    #[test]
+    fn a_code_page_evicted_from_the_tlb_still_counts() {
+        let mut t = Tlb::new();
+        t.insert(0x1000, entry(0x1000, false), 0xfff);
+        t.note_fetch(0x1000);
+        // Same slot: the code page's entry is replaced by a data page's.
+        let other = 0x1000 + (TLB_ENTRIES as u64) * 0x1000;
+        t.insert(other, entry(0x9000, false), 0xfff);
+        let c = t.changes();
+        t.flush_page(0x1000);
+        assert_ne!(t.changes(), c);
     }
 }

@@ -1297,7 +1297,11 @@ impl Cpu {
             }
             Register::CR3 => {
                 self.state.cr3 = v;
-                self.tlb.flush();
+                if self.state.cr4 & cr::PGE != 0 {
+                    self.tlb.flush_local();
+                } else {
+                    self.tlb.flush();
+                }
                 Ok(())
             }
             Register::CR4 => {
@@ -1377,6 +1381,8 @@ impl Cpu {
             msr::FS_BASE => s.seg[seg::FS].base,
             msr::GS_BASE => s.seg[seg::GS].base,
             0xfe => 0x508, // MTRRCAP: 8 variable ranges, fixed ranges, write-combining
+            msr::ARCH_CAPABILITIES => crate::cpuid::ARCH_CAPABILITIES,
+            msr::PRED_CMD => return Err(Fault::gp(0)),
             _ => match s.msrs.get(&index) {
                 Some(&v) => v,
                 None => bus.rdmsr(index).ok_or_else(|| Fault::gp(0))?,
@@ -1407,6 +1413,10 @@ impl Cpu {
             }
             msr::FS_BASE => self.state.seg[seg::FS].base = v,
             msr::GS_BASE => self.state.seg[seg::GS].base = v,
+            // IBRS is the only control; IBPB the only command.
+            msr::SPEC_CTRL | msr::PRED_CMD if v & !1 != 0 => return Err(Fault::gp(0)),
+            msr::PRED_CMD => {}
+            msr::ARCH_CAPABILITIES => return Err(Fault::gp(0)),
             _ => {
                 if let Some(slot) = self.state.msrs.get_mut(&index) {
                     *slot = v;

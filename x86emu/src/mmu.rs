@@ -22,6 +22,7 @@ const US: u64 = 1 << 2;
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
+const G: u64 = 1 << 8;
 const NX: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -188,7 +189,11 @@ impl Cpu {
                 && (!fetch || e.exec)
                 && (!write || (e.write && (e.user_write || !user)));
             if ok {
-                return Ok(e.phys | (lin & 0xfff));
+                let phys = e.phys | (lin & 0xfff);
+                if fetch {
+                    self.tlb.note_fetch(lin);
+                }
+                return Ok(phys);
             }
         }
         let nxe = s.efer & efer::NXE != 0;
@@ -309,9 +314,14 @@ impl Cpu {
                 user_write: allow_write && allow_user,
                 user: allow_user,
                 exec: allow_exec,
+                global: s.cr4 & cr::PGE != 0 && entries[n - 1].1 & G != 0,
+                fetched: 0,
             },
-            offset_mask != 0xfff,
+            offset_mask,
         );
+        if fetch {
+            self.tlb.note_fetch(lin);
+        }
         Ok(phys)
     }
 
@@ -563,8 +573,10 @@ impl Cpu {
                 .as_ref()
                 .map_or_else(crate::cache::no_code_word, |t| t.word_address(page)),
         };
-        let key = crate::cache::ram_key(lin, self.state.cr0 & cr::PG != 0, user);
-        self.tlb.ram_insert(key, place, write);
+        let paging = self.state.cr0 & cr::PG != 0;
+        let global = paging && self.tlb.lookup(lin).is_some_and(|e| e.global);
+        let key = crate::cache::ram_key(lin, paging, user);
+        self.tlb.ram_insert(key, place, write, global);
     }
 
     /// The data view of the current mode: which segments need no checks for RAM accesses

@@ -125,6 +125,12 @@ pub mod msr {
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
     /// RDTSCP auxiliary value.
     pub const TSC_AUX: u32 = 0xc000_0103;
+    /// Speculation control (IBRS): accepted and kept; the CPU does not speculate.
+    pub const SPEC_CTRL: u32 = 0x48;
+    /// Prediction barrier command (IBPB): write-only, nothing to flush.
+    pub const PRED_CMD: u32 = 0x49;
+    /// Read-only: the speculative-execution weaknesses the CPU does not have.
+    pub const ARCH_CAPABILITIES: u32 = 0x10a;
 }
 
 /// The software CPU's registers.
@@ -189,6 +195,7 @@ const STORED_MSRS: &[(u32, u64)] = &[
     (msr::SFMASK, 0),
     (msr::KERNEL_GS_BASE, 0),
     (msr::TSC_AUX, 0),
+    (msr::SPEC_CTRL, 0),
     (0x277, 0x0007_0406_0007_0406), // PAT
     (0x2ff, 0),                     // MTRR default type
     (0x1a0, 1),                     // MISC_ENABLE: fast strings

@@ -411,3 +411,31 @@ fn task_switch_by_call_and_back_by_iret() {
     assert_ne!(ram.0[0x500 + 3 * 8 + 5] & 2, 0, "A still busy");
     assert_eq!(cpu.step(&mut ram), Step::Halted);
 }
+
+#[test]
+fn the_cpu_reports_no_speculative_execution_weaknesses() {
+    let (cpu, _) = run16(&[
+        0x66, 0xb9, 0x0a, 0x01, 0x00, 0x00, // mov ecx, 0x10a (ARCH_CAPABILITIES)
+        0x0f, 0x32, // rdmsr
+        0x66, 0x89, 0xc7, // mov edi, eax
+        0x66, 0xb8, 0x07, 0x00, 0x00, 0x00, // mov eax, 7
+        0x66, 0x31, 0xc9, // xor ecx, ecx
+        0x0f, 0xa2, // cpuid
+        0x66, 0x89, 0xd6, // mov esi, edx
+        0x66, 0xb9, 0x48, 0x00, 0x00, 0x00, // mov ecx, 0x48 (SPEC_CTRL)
+        0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1 (IBRS)
+        0x66, 0x31, 0xd2, // xor edx, edx
+        0x0f, 0x30, // wrmsr
+        0x66, 0x31, 0xc0, // xor eax, eax
+        0x0f, 0x32, // rdmsr
+        0xf4, // hlt
+    ]);
+    let caps = cpu.state.gpr[7];
+    assert_eq!(caps & 1, 1, "RDCL_NO: no Meltdown");
+    assert_eq!(caps & 2, 2, "IBRS_ALL");
+    assert_eq!(caps & (1 << 5), 1 << 5, "MDS_NO");
+    let leaf7_edx = cpu.state.gpr[6];
+    assert_ne!(leaf7_edx & (1 << 29), 0, "ARCH_CAPABILITIES enumerated");
+    assert_ne!(leaf7_edx & (1 << 26), 0, "IBRS/IBPB enumerated");
+    assert_eq!(cpu.state.gpr[0] & 0xffff_ffff, 1, "SPEC_CTRL keeps IBRS");
+}

@@ -316,12 +316,33 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
                 v
             }
         }
-        // CLC/STC/CMC, NOP (one byte, or 0F 1F /0 with a register or memory operand), and a
-        // CALL to a RET that returns to a JMP over it.
-        _ => match rng.below(5) {
+        // CLC/STC/CMC, NOP (one byte, or 0F 1F /0 with a register or memory operand), a
+        // CALL to a RET that returns to a JMP over it, BSWAP, PUSH imm; POP reg,
+        // CBW/CWDE/CDQE and PREFETCHT0.
+        _ => match rng.below(9) {
             0 => vec![0x90],
             1 => enc(rng, 0, rm, &[0x0f, 0x1f]),
             2 => vec![0xe8, 2, 0, 0, 0, 0xeb, 1, 0xc3],
+            3 => {
+                let bsz = if long && rng.below(2) == 0 { 8 } else { 4 };
+                prefixed(long, bsz, 0, d, 0, &[0x0f, 0xc8 | (d & 7)])
+            }
+            4 => {
+                let mut v = if rng.below(2) == 0 {
+                    vec![0x6a, rng.next() as u8]
+                } else {
+                    let mut v = vec![0x68];
+                    v.extend(imm(rng, 4));
+                    v
+                };
+                if long && d >= 8 {
+                    v.push(0x41);
+                }
+                v.push(0x58 | (d & 7));
+                v
+            }
+            5 => prefixed(long, if sz == 1 { 4 } else { sz }, 0, 0, 0, &[0x98]),
+            6 => enc(rng, 1, None, &[0x0f, 0x18]),
             _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
         },
     }

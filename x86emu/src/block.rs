@@ -307,8 +307,23 @@ pub(crate) enum Fast {
     NegR {
         r: Gpr,
     },
-    /// NOP in any of its encodings (its memory operand, if any, is not accessed).
+    /// NOP in any of its encodings (its memory operand, if any, is not accessed), and the
+    /// hints that do nothing here: PREFETCHh, PAUSE, ENDBR.
     Nop,
+    /// INC or DEC of memory.
+    IncDecM {
+        inc: bool,
+        m: MemOp,
+    },
+    /// PUSH of an immediate (already sign-extended and masked to `size` bytes).
+    PushI {
+        imm: u64,
+        size: u8,
+    },
+    /// BSWAP of a 32- or 64-bit register.
+    BswapR {
+        r: Gpr,
+    },
 }
 
 impl Fast {
@@ -322,6 +337,8 @@ impl Fast {
                 | Fast::AluMR { .. }
                 | Fast::AluMI { .. }
                 | Fast::Push { .. }
+                | Fast::IncDecM { .. }
+                | Fast::PushI { .. }
         )
     }
 }
@@ -462,14 +479,51 @@ fn fast_form(i: &Instruction, bits: u32) -> Fast {
         },
         M::Not if i.op_count() == 1 => reg(0).map_or(Fast::Generic, |r| Fast::NotR { r }),
         M::Neg if i.op_count() == 1 => reg(0).map_or(Fast::Generic, |r| Fast::NegR { r }),
-        M::Nop => Fast::Nop,
+        M::Nop
+        | M::Pause
+        | M::Endbr32
+        | M::Endbr64
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw => Fast::Nop,
+        M::Bswap => match reg(0) {
+            Some(r) if r.size >= 4 => Fast::BswapR { r },
+            _ => Fast::Generic,
+        },
+        // Sign extensions within the accumulator: MOVSX forms.
+        M::Cbw | M::Cwde | M::Cdqe => {
+            let (dst, src) = match m {
+                M::Cbw => (Register::AX, Register::AL),
+                M::Cwde => (Register::EAX, Register::AX),
+                _ => (Register::RAX, Register::EAX),
+            };
+            match (Gpr::of(dst), Gpr::of(src)) {
+                (Some(dst), Some(src)) => Fast::ExtendRR {
+                    dst,
+                    src,
+                    sign: true,
+                },
+                _ => Fast::Generic,
+            }
+        }
         M::Lea => match (reg(0), MemOp::address(i, bits, 0)) {
             (Some(dst), Some(mo)) if dst.size >= 2 => Fast::Lea { dst, m: mo },
             _ => Fast::Generic,
         },
-        M::Push if i.op_count() == 1 => match reg(0) {
-            Some(src) if src.size >= 2 && i.stack_pointer_increment() == -(src.size as i32) => {
+        M::Push if i.op_count() == 1 => match (reg(0), imm(0)) {
+            (Some(src), _)
+                if src.size >= 2 && i.stack_pointer_increment() == -(src.size as i32) =>
+            {
                 Fast::Push { src }
+            }
+            (None, Some(v)) if matches!(i.stack_pointer_increment(), -2 | -4 | -8) => {
+                let size = -i.stack_pointer_increment() as u8;
+                Fast::PushI {
+                    imm: v & alu::mask(u32::from(size) * 8),
+                    size,
+                }
             }
             _ => Fast::Generic,
         },
@@ -479,12 +533,16 @@ fn fast_form(i: &Instruction, bits: u32) -> Fast {
             }
             _ => Fast::Generic,
         },
-        M::Inc | M::Dec if i.op_count() == 1 => match reg(0) {
-            Some(r) => Fast::IncDec {
+        M::Inc | M::Dec if i.op_count() == 1 => match (reg(0), mem(0)) {
+            (Some(r), _) => Fast::IncDec {
                 inc: m == M::Inc,
                 r,
             },
-            None => Fast::Generic,
+            (None, Some(mo)) => Fast::IncDecM {
+                inc: m == M::Inc,
+                m: mo,
+            },
+            _ => Fast::Generic,
         },
         M::Cmovo
         | M::Cmovno
@@ -1691,6 +1749,37 @@ impl Cpu {
                 };
                 *lz = Lazy::new(op, bits, a, u64::from(cf));
                 self.gpr_set(r, v & alu::mask(bits));
+            }
+            Fast::IncDecM { inc, m } => {
+                let (seg, size) = (m.seg as usize, m.size as usize);
+                let bits = u32::from(m.size) * 8;
+                let ea = self.ea_fast(m);
+                let a = self.read_direct(view, seg, ea, size, bus)?;
+                let (v, op) = if inc {
+                    (a.wrapping_add(1), LazyOp::Inc)
+                } else {
+                    (a.wrapping_sub(1), LazyOp::Dec)
+                };
+                self.write_direct(view, seg, ea, size, v & alu::mask(bits), bus)?;
+                // CF stays as the previous operation left it.
+                let cf = self.lazy_cf(lz);
+                *lz = Lazy::new(op, bits, a, u64::from(cf));
+            }
+            Fast::PushI { imm, size } => {
+                let (mask, size) = (view.stack_mask, size as usize);
+                let rsp = self.state.gpr[4];
+                let top = rsp.wrapping_sub(size as u64) & mask;
+                self.write_direct(view, seg::SS, top, size, imm, bus)?;
+                self.state.gpr[4] = (rsp & !mask) | top;
+            }
+            Fast::BswapR { r } => {
+                let v = self.gpr_get(r);
+                let v = if r.size == 8 {
+                    v.swap_bytes()
+                } else {
+                    u64::from((v as u32).swap_bytes())
+                };
+                self.gpr_set(r, v);
             }
             Fast::MovRR { dst, src } => {
                 let v = self.gpr_get(src);

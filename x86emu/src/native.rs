@@ -223,9 +223,9 @@ fn supported(d: &Decoded, view: &DataView) -> bool {
             shift_count(*r, *count) == 0 || !matches!(op, Shift::Rcl | Shift::Rcr)
         }
         Fast::Load { m, .. } | Fast::AluRM { m, .. } | Fast::CmovRM { m, .. } => mem(m, false),
-        Fast::StoreR { m, .. } | Fast::StoreI { m, .. } => mem(m, true),
+        Fast::StoreR { m, .. } | Fast::StoreI { m, .. } | Fast::IncDecM { m, .. } => mem(m, true),
         Fast::AluMR { op, m, .. } | Fast::AluMI { op, m, .. } => mem(m, writes_back(*op)),
-        Fast::Push { .. } | Fast::Pop { .. } => {
+        Fast::Push { .. } | Fast::Pop { .. } | Fast::PushI { .. } => {
             view.direct(crate::state::seg::SS, view.stack_mask, true)
         }
         _ => true,
@@ -297,6 +297,12 @@ fn props(f: &Fast) -> Props {
             p.reads = true;
             p.writes = true;
         }
+        Fast::IncDecM { .. } => {
+            p.reads = true;
+            p.writes = true;
+            p.exit_before = true;
+            p.exit_after = true;
+        }
         Fast::NegR { .. } => p.writes = true,
         Fast::ShiftRI { op, r, count } if shift_count(r, count) != 0 => {
             if rotate(op) {
@@ -316,7 +322,7 @@ fn props(f: &Fast) -> Props {
             p.reads = true;
             p.exit_before = true;
         }
-        Fast::StoreR { .. } | Fast::StoreI { .. } | Fast::Push { .. } => {
+        Fast::StoreR { .. } | Fast::StoreI { .. } | Fast::Push { .. } | Fast::PushI { .. } => {
             p.exit_before = true;
             p.exit_after = true;
         }
@@ -428,9 +434,12 @@ fn segments(f: &Fast) -> u8 {
         | Fast::StoreR { m, .. }
         | Fast::StoreI { m, .. }
         | Fast::AluMR { m, .. }
-        | Fast::AluMI { m, .. } => 1 << (m.seg & 7),
+        | Fast::AluMI { m, .. }
+        | Fast::IncDecM { m, .. } => 1 << (m.seg & 7),
         // Stack accesses: PUSH, POP and the native CALL and RET.
-        Fast::Push { .. } | Fast::Pop { .. } | Fast::Generic => 1 << crate::state::seg::SS,
+        Fast::Push { .. } | Fast::PushI { .. } | Fast::Pop { .. } | Fast::Generic => {
+            1 << crate::state::seg::SS
+        }
         _ => 0,
     }
 }
@@ -1120,6 +1129,38 @@ impl Gen<'_> {
                 self.store_mem(src.size)?;
                 self.set_rsp()?;
                 self.code_check(i + 1, d.next)?;
+            }
+            Fast::PushI { imm, size } => {
+                self.stack_push(i, d, size)?;
+                self.mov_imm(H::Cx, imm)?;
+                self.store_mem(size)?;
+                self.set_rsp()?;
+                self.code_check(i + 1, d.next)?;
+            }
+            Fast::IncDecM { inc, m } => {
+                self.mem(i, d, m, true, held)?;
+                self.flags_in()?;
+                match (m.size, inc) {
+                    (8, true) => self.a.inc(qword_ptr(rax))?,
+                    (8, false) => self.a.dec(qword_ptr(rax))?,
+                    (4, true) => self.a.inc(dword_ptr(rax))?,
+                    (4, false) => self.a.dec(dword_ptr(rax))?,
+                    (2, true) => self.a.inc(word_ptr(rax))?,
+                    (2, false) => self.a.dec(word_ptr(rax))?,
+                    (_, true) => self.a.inc(byte_ptr(rax))?,
+                    (_, false) => self.a.dec(byte_ptr(rax))?,
+                }
+                self.flags_out(capture)?;
+                self.code_check(i + 1, d.next)?;
+            }
+            Fast::BswapR { r } => {
+                self.load_held(r, H::Ax, held)?;
+                if r.size == 8 {
+                    self.a.bswap(rax)?;
+                } else {
+                    self.a.bswap(eax)?;
+                }
+                self.store(r, H::Ax)?;
             }
             Fast::Pop { dst } => {
                 self.stack_pop(i, d, dst.size)?;

@@ -903,6 +903,9 @@ impl Cpu {
         // block's native code took: filled when the next block has native code for the same
         // data view.
         let mut link = Link::default();
+        // The number of `view` (see `view_number`), valid while the numbering's epoch is
+        // this one.
+        let mut number = (u64::MAX, 0u64);
         while *left > 0 {
             if self.state.wait_for_sipi || self.state.halted {
                 return Step::Halted;
@@ -921,6 +924,7 @@ impl Cpu {
                         let new = self.data_view();
                         if !new.same(&view) {
                             pending.slot = 0;
+                            number.0 = u64::MAX;
                         }
                         view = new;
                         self.check_ram_regions(bus);
@@ -945,14 +949,24 @@ impl Cpu {
                 }
                 continue;
             };
-            let native = self.native_for(idx, &view);
+            if number.0 != self.view_epoch {
+                let n = self.view_number(&view);
+                number = (self.view_epoch, n);
+            }
+            let native = self.native_for(idx, &view, number);
+            if number.0 != self.view_epoch {
+                // A new code generation numbered the views anew.
+                let n = self.view_number(&view);
+                number = (self.view_epoch, n);
+            }
             if let Some(n) = native.filter(|_| pending.slot != 0 && pending.stamp == stamp) {
-                self.link(pending, n, &view);
+                self.link(pending, n, number.1);
             }
             let chain = i64::from(CHECK_INTERVAL.saturating_sub(unchecked)).min(*left);
             let insns = std::mem::take(&mut self.blocks.blocks[idx].insns);
-            let (done, exit, slot) =
-                self.run_block(&insns, native, chain, &view, bus, tracker, epoch, stamp, lz);
+            let (done, exit, slot) = self.run_block(
+                &insns, native, chain, &view, number.1, bus, tracker, epoch, stamp, lz,
+            );
             self.blocks.blocks[idx].insns = insns;
             link = Link {
                 slot,
@@ -1151,7 +1165,7 @@ impl Cpu {
     /// Points the slot of `link` (or, for [`JUMPED`], the jump cache entry of the current RIP)
     /// at the first instruction of `target`, if the slot is of the current code generation
     /// and the code starts there.
-    fn link(&mut self, link: Link, target: NativeBlock, view: &DataView) {
+    fn link(&mut self, link: Link, target: NativeBlock, number: u64) {
         if link.gen != self.native_gen || target.gen != link.gen || target.entries & 1 == 0 {
             return;
         }
@@ -1160,7 +1174,6 @@ impl Cpu {
         };
         if link.slot == JUMPED {
             let rip = self.state.rip;
-            let number = self.view_number(view);
             if let Some(e) = self.native_jumps.get_mut(native::jump_index(rip)) {
                 *e = [rip, link.stamp, number, address];
             }
@@ -1201,6 +1214,7 @@ impl Cpu {
             None => {
                 if self.native_views.len() >= MAX_VIEWS {
                     self.native_views.clear();
+                    self.view_epoch += 1;
                     for e in &mut self.native_jumps {
                         e[1] = u64::MAX;
                     }
@@ -1215,13 +1229,26 @@ impl Cpu {
 
     /// The block's host code for `view`, translating the block once it ran often enough;
     /// `None` when there is no code memory or the block has no native form.
-    fn native_for(&mut self, idx: usize, view: &DataView) -> Option<NativeBlock> {
+    /// `number`: the numbering epoch and number of `view` (a block found valid for that
+    /// number before needs no comparison of views).
+    fn native_for(
+        &mut self,
+        idx: usize,
+        view: &DataView,
+        number: (u64, u64),
+    ) -> Option<NativeBlock> {
         let gen = self.native_gen;
         let code = self.native.as_mut()?;
         let b = &mut self.blocks.blocks[idx];
-        if let Some(n) = b.native {
-            if n.gen == gen && n.view.same(&view.only(n.segs)) {
-                return Some(n);
+        let id = number
+            .0
+            .wrapping_mul(MAX_VIEWS as u64)
+            .wrapping_add(number.1)
+            + 1;
+        if let Some(n) = &mut b.native {
+            if n.gen == gen && (n.checked == id || n.view.same(&view.only(n.segs))) {
+                n.checked = id;
+                return Some(*n);
             }
         }
         if b.runs == u32::MAX {
@@ -1269,6 +1296,7 @@ impl Cpu {
             dispatch: c.dispatch,
             view: view.only(c.segs),
             segs: c.segs,
+            checked: id,
         };
         self.blocks.blocks[idx].native = Some(n);
         Some(n)
@@ -1282,13 +1310,12 @@ impl Cpu {
         n: NativeBlock,
         pos: usize,
         chain: i64,
-        view: &DataView,
+        number: u64,
         tracker: &crate::cache::CodeTracker,
         stamp: u64,
         lz: &mut Lazy,
     ) -> NativeRun {
         self.settle(lz);
-        let number = self.view_number(view);
         let mut f = NativeFrame {
             gpr: self.state.gpr.as_mut_ptr() as usize,
             ram: self.tlb.ram_table(),
@@ -1344,6 +1371,7 @@ impl Cpu {
         native: Option<NativeBlock>,
         chain: i64,
         view: &DataView,
+        number: u64,
         bus: &mut dyn Bus,
         tracker: &crate::cache::CodeTracker,
         epoch: u64,
@@ -1356,7 +1384,8 @@ impl Cpu {
         let start = rip;
         loop {
             if let Some(n) = native.filter(|n| pos < 64 && n.entries & (1 << pos) != 0) {
-                let r = self.run_native(n, pos, chain - i64::from(done), view, tracker, stamp, lz);
+                let r =
+                    self.run_native(n, pos, chain - i64::from(done), number, tracker, stamp, lz);
                 done = done.saturating_add(r.completed);
                 rip = r.rip;
                 match r.exit {

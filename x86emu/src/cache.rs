@@ -491,6 +491,8 @@ pub(crate) struct NativeBlock {
     pub(crate) view: crate::mmu::DataView,
     /// The segments its memory accesses go through.
     pub(crate) segs: u8,
+    /// The view (numbering epoch and number, plus one) the code was last found good for.
+    pub(crate) checked: u64,
 }
 
 /// Per-CPU decoded blocks, direct-mapped by physical address. Entries decoded before the

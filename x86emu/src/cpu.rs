@@ -197,6 +197,8 @@ pub struct Cpu {
     pub(crate) native_views: Vec<crate::mmu::DataView>,
     /// The last view numbered: the view, the code generation and its number.
     pub(crate) native_view: Option<(crate::mmu::DataView, u64, u64)>,
+    /// Times the numbering of views started over (a view number holds within one).
+    pub(crate) view_epoch: u64,
     /// The jump cache (see [`crate::native`]): RIP, link stamp (`u64::MAX`: empty), view
     /// number and host code address.
     pub(crate) native_jumps: Vec<[u64; 4]>,
@@ -239,6 +241,7 @@ impl Cpu {
             native_linked: Vec::new(),
             native_views: Vec::new(),
             native_view: None,
+            view_epoch: 0,
             native_jumps: Vec::new(),
             link_stamp: 0,
             link_basis: (u64::MAX, u64::MAX),
@@ -261,6 +264,7 @@ impl Cpu {
         self.native_links.clear();
         self.native_linked.clear();
         self.native_views.clear();
+        self.view_epoch += 1;
         self.native_jumps.clear();
         self.native_jumps
             .resize(crate::native::JUMP_ENTRIES, [0, u64::MAX, 0, 0]);

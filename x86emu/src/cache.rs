@@ -565,11 +565,17 @@ mod tests {
         assert!(t.lookup(0x7000).is_some());
     }
 
-    #[test]
-    fn a_cr3_load_keeps_global_entries_and_a_full_flush_does_not() {
+    /// A TLB with a global page at 0x1000 and a local one at 0x2000.
+    fn global_and_local() -> Tlb {
         let mut t = Tlb::new();
         t.insert(0x1000, entry(0x1000, true), 0xfff);
         t.insert(0x2000, entry(0x2000, false), 0xfff);
+        t
+    }
+
+    #[test]
+    fn a_cr3_load_keeps_global_entries_and_a_full_flush_does_not() {
+        let mut t = global_and_local();
         t.flush_local();
         assert!(t.lookup(0x1000).is_some());
         assert!(t.lookup(0x2000).is_none());
@@ -579,9 +585,7 @@ mod tests {
 
     #[test]
     fn translations_code_came_through_count_as_changes() {
-        let mut t = Tlb::new();
-        t.insert(0x1000, entry(0x1000, true), 0xfff);
-        t.insert(0x2000, entry(0x2000, false), 0xfff);
+        let mut t = global_and_local();
         t.note_fetch(0x1000);
         let c = t.changes();
         // Data pages and CR3 loads that keep the global code page: no change.

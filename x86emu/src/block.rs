@@ -1004,7 +1004,7 @@ impl Cpu {
         } else {
             c.base.wrapping_add(ip) & 0xffff_ffff
         };
-        if lin >> 12 != c.lin_page {
+        if lin >> 12 != c.lin_page || c.changes != self.tlb.changes() {
             return None;
         }
         let phys = c.phys_page | (lin & 0xfff);
@@ -1053,6 +1053,7 @@ impl Cpu {
             limit: u64::from(cs.limit),
             lin_page: lin >> 12,
             phys_page: phys & !0xfff,
+            changes: self.tlb.changes(),
         };
         // Only a plain expand-up view of CS lets the fast path check the limit by itself.
         let plain = bits == 64
@@ -1996,6 +1997,9 @@ struct FetchCtx {
     limit: u64,
     lin_page: u64,
     phys_page: u64,
+    /// The TLB's link changes when the context was made: blocks found through it are linked
+    /// to only while the code page's translation counts for the link stamp.
+    changes: u64,
 }
 
 /// How a block's host code was left (see [`Cpu::run_native`]).

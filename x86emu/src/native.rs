@@ -1508,10 +1508,11 @@ mod tests {
 
     #[test]
     fn code_goes_on_after_an_instruction_without_a_native_form() {
-        // add rax, rbx; bswap rax (no native form); add rax, rbx; inc dword [rcx]
-        // (none); add rax, rbx
+        // add rax, rbx; pushfq (no native form); add rax, rbx; bt rax, 3 (none);
+        // add rax, rbx
         let insns = block(&[
-            0x48, 0x01, 0xd8, 0x48, 0x0f, 0xc8, 0x48, 0x01, 0xd8, 0xff, 0x01, 0x48, 0x01, 0xd8,
+            0x48, 0x01, 0xd8, 0x9c, 0x48, 0x01, 0xd8, 0x48, 0x0f, 0xba, 0xe0, 0x03, 0x48, 0x01,
+            0xd8,
         ]);
         assert!(!supported(&insns[1], &DataView::long_mode()));
         assert!(!supported(&insns[3], &DataView::long_mode()));
@@ -1522,16 +1523,16 @@ mod tests {
 
     #[test]
     fn a_block_that_starts_without_a_native_form_has_code_after_it() {
-        // bswap rax; add rax, rbx
-        let insns = block(&[0x48, 0x0f, 0xc8, 0x48, 0x01, 0xd8]);
+        // pushfq; add rax, rbx
+        let insns = block(&[0x9c, 0x48, 0x01, 0xd8]);
         let c = compile(&insns, &DataView::long_mode(), 64, 0).expect("native code");
         assert_eq!(c.entries, 0b10);
     }
 
     #[test]
     fn a_block_without_native_forms_has_no_code() {
-        // bswap rax; bswap rbx
-        let insns = block(&[0x48, 0x0f, 0xc8, 0x48, 0x0f, 0xcb]);
+        // pushfq; bt rax, 3
+        let insns = block(&[0x9c, 0x48, 0x0f, 0xba, 0xe0, 0x03]);
         assert!(compile(&insns, &DataView::long_mode(), 64, 0).is_none());
     }
 }

@@ -949,16 +949,10 @@ impl Cpu {
                 }
                 continue;
             };
-            if number.0 != self.view_epoch {
-                let n = self.view_number(&view);
-                number = (self.view_epoch, n);
-            }
+            self.renumber_view(&view, &mut number);
             let native = self.native_for(idx, &view, number);
-            if number.0 != self.view_epoch {
-                // A new code generation numbered the views anew.
-                let n = self.view_number(&view);
-                number = (self.view_epoch, n);
-            }
+            // A new code generation numbers the views anew.
+            self.renumber_view(&view, &mut number);
             if let Some(n) = native.filter(|_| pending.slot != 0 && pending.stamp == stamp) {
                 self.link(pending, n, number.1);
             }
@@ -1200,6 +1194,14 @@ impl Cpu {
         code.patch(slot[1], rel);
         slot[0] = link.stamp;
         self.native_linked.push(s);
+    }
+
+    /// Brings `held` (a numbering epoch and the number of `view` in it) to the current epoch.
+    fn renumber_view(&mut self, view: &DataView, held: &mut (u64, u64)) {
+        if held.0 != self.view_epoch {
+            let number = self.view_number(view);
+            *held = (self.view_epoch, number);
+        }
     }
 
     /// The number of `view` among the CPU's views (for the jump cache). When they are many,

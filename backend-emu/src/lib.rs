@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress, VolatileMemory};
 use x86emu::{Cpu, RamRegion, Step};
 
-/// Instructions executed between looks at the local APIC (interrupts and stop requests are
-/// also checked within a batch, see [`Cpu::run`]).
-const BATCH: u32 = 8192;
+/// Instructions executed between looks at the local APIC. Within a batch the CPU asks its stop
+/// condition every few thousand instructions (see [`Cpu::run`]): a request from
+/// another thread, an interrupt waiting for the processor to enable interrupts, the APIC timer's
+/// deadline, or a write to the processor's own APIC end the batch early.
+const BATCH: u32 = 65536;
 /// The TSC-deadline MSR of the local APIC timer.
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Physical addresses below this may hold cached decoded code (64 GiB).
@@ -475,6 +477,8 @@ impl x86emu::Bus for EmuBus<'_> {
             }
             let now = self.part.now_ns();
             let (ipi, eoi) = lock(&self.shared.lapic).write(off & !3, u32::from_le_bytes(b), now);
+            // The timer or what is deliverable may have changed: the run loop looks again.
+            self.shared.attention.store(true, Ordering::Relaxed);
             if let Some(v) = eoi {
                 self.io.eoi(self.vp, v);
             }
@@ -570,6 +574,7 @@ impl x86emu::Bus for EmuBus<'_> {
     fn wrmsr(&mut self, index: u32, value: u64) -> bool {
         if index == IA32_TSC_DEADLINE {
             lock(&self.shared.lapic).write_tsc_deadline(value);
+            self.shared.attention.store(true, Ordering::Relaxed);
             return true;
         }
         if index == 0x1b {
@@ -613,11 +618,11 @@ impl EmuVp {
     /// Delivers whatever is pending and deliverable. Returns `None` on triple fault, else
     /// whether an interrupt is still waiting for the processor to enable interrupts (then the
     /// run loop must come back as soon as it does: `sti; hlt`-free wait loops open the window
-    /// for a single instruction).
-    fn service(&mut self, io: &dyn CpuIo) -> Option<bool> {
+    /// for a single instruction) and the APIC timer's next deadline.
+    fn service(&mut self, io: &dyn CpuIo) -> Option<(bool, Option<u64>)> {
         let now = self.part.now_ns();
         let mut l = lock(&self.shared.lapic);
-        l.poll_timer(now);
+        let deadline = l.poll_timer(now);
         if std::mem::take(&mut l.init_pending) {
             self.cpu.init();
         }
@@ -660,7 +665,7 @@ impl EmuVp {
                 }
             }
         }
-        (step != Step::TripleFault).then_some(masked)
+        (step != Step::TripleFault).then_some((masked, deadline))
     }
 
     /// True when something can wake a halted processor now.
@@ -728,7 +733,7 @@ impl VirtualProcessor for EmuVp {
                 return Ok(r);
             }
             self.shared.attention.store(false, Ordering::SeqCst);
-            let Some(waiting) = self.service(io) else {
+            let Some((waiting, deadline)) = self.service(io) else {
                 return Ok(StopReason::TripleFault);
             };
             if self.cpu.state.halted || self.cpu.state.wait_for_sipi {
@@ -749,8 +754,11 @@ impl VirtualProcessor for EmuVp {
                 &ram,
             );
             let attention = &self.shared.attention;
+            let part = &self.part;
             let mut stop = |cpu: &Cpu| {
-                attention.load(Ordering::Relaxed) || (waiting && cpu.interrupts_enabled())
+                attention.load(Ordering::Relaxed)
+                    || (waiting && cpu.interrupts_enabled())
+                    || deadline.is_some_and(|d| part.now_ns() >= d)
             };
             if self.cpu.run(&mut bus, BATCH, &mut stop) == Step::TripleFault {
                 return Ok(StopReason::TripleFault);

@@ -22,7 +22,7 @@ use crate::alu::{self, Shift, CF, STATUS, ZF};
 use crate::cache::{Block, BlockCache, Decoded, Flow, NativeBlock, BLOCK_MAX};
 
 /// Instructions the block engine runs at most between two questions to its stop condition.
-pub(crate) const CHECK_INTERVAL: u32 = 1024;
+pub(crate) const CHECK_INTERVAL: u32 = 8192;
 
 /// Largest number of data views numbered for the jump cache (then the numbering starts over).
 const MAX_VIEWS: usize = 256;
@@ -850,7 +850,7 @@ impl Cpu {
     /// Runs instructions until `budget` of them executed, the processor halts or shuts down,
     /// or `stop` returns true. `stop` is asked after every instruction that may have changed
     /// whether interrupts are deliverable (the interrupt flag, the interrupt shadow), after
-    /// faults, and otherwise at least every 1024 instructions.
+    /// faults, and otherwise at least every 8192 instructions.
     ///
     /// Returns [`Step::Executed`] when the budget ran out or `stop` asked to stop. Without a
     /// code tracker every instruction goes through [`Cpu::step`].

@@ -318,8 +318,8 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
         }
         // CLC/STC/CMC, NOP (one byte, or 0F 1F /0 with a register or memory operand), a
         // CALL to a RET that returns to a JMP over it, BSWAP, PUSH imm; POP reg,
-        // CBW/CWDE/CDQE and PREFETCHT0.
-        _ => match rng.below(9) {
+        // CBW/CWDE/CDQE, PREFETCHT0, MUL and DIV, indirect CALL and JMP.
+        _ => match rng.below(11) {
             0 => vec![0x90],
             1 => enc(rng, 0, rm, &[0x0f, 0x1f]),
             2 => vec![0xe8, 2, 0, 0, 0, 0xeb, 1, 0xc3],
@@ -343,9 +343,59 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
             }
             5 => prefixed(long, if sz == 1 { 4 } else { sz }, 0, 0, 0, &[0x98]),
             6 => enc(rng, 1, None, &[0x0f, 0x18]),
+            7 => {
+                // MUL r/m, or OR r/m, 1; XOR EDX, EDX; DIV r/m (a divisor of at least 1, a
+                // quotient that fits). A register divisor is not RDX.
+                let wsz = if sz == 8 { 8 } else { 4 };
+                let r = if d == 2 { 1 } else { d };
+                let (m, rmr, idx) = modrm(rng, 4, if mem { None } else { Some(r) });
+                let with = |reg: u8, op: &[u8]| {
+                    let mut v = prefixed(long, wsz, 0, rmr, idx, op);
+                    let mut m = m.clone();
+                    m[0] = (m[0] & !0x38) | (reg << 3);
+                    v.extend(m);
+                    v
+                };
+                if rng.below(2) == 0 {
+                    with(4, &[0xf7])
+                } else {
+                    let mut v = with(1, &[0x83]);
+                    v.push(1);
+                    v.extend_from_slice(&[0x31, 0xd2]);
+                    v.extend(with(6, &[0xf7]));
+                    v
+                }
+            }
+            8 => indirect_branch(rng, long),
             _ => vec![[0xf8, 0xf9, 0xf5][rng.below(3) as usize]],
         },
     }
+}
+
+/// An indirect CALL or JMP through a register or the stack: the address of the sequence's own
+/// code from CALL/POP, then CALL reg to a RET that returns to a JMP over it, JMP reg over a
+/// HLT, or the same through `[rSP]` after pushing the target.
+fn indirect_branch(rng: &mut Rng, long: bool) -> Vec<u8> {
+    let r = [0u8, 1, 2, 5, 7][rng.below(5) as usize];
+    let add_len = if long { 4 } else { 3 };
+    // From the POP (the CALL's return address) to the target.
+    let (tail, to_target): (Vec<u8>, usize) = match rng.below(4) {
+        0 => (vec![0xff, 0xd0 | r, 0xeb, 0x01, 0xc3], 4),
+        1 => (vec![0xff, 0xe0 | r, 0xf4], 3),
+        2 => (
+            vec![0x50 | r, 0xff, 0x14, 0x24, 0xeb, 0x01, 0xc3, 0x58 | r],
+            6,
+        ),
+        _ => (vec![0x50 | r, 0xff, 0x24, 0x24, 0xf4, 0x58 | r], 5),
+    };
+    let k = 1 + add_len + to_target;
+    let mut v = vec![0xe8, 0, 0, 0, 0, 0x58 | r];
+    if long {
+        v.push(0x48);
+    }
+    v.extend_from_slice(&[0x83, 0xc0 | r, k as u8]);
+    v.extend(tail);
+    v
 }
 
 /// A random program: instructions, some preceded by a Jcc over the next one to three, run
@@ -530,12 +580,19 @@ fn random_programs_in_32_bit_code() {
     differential(false, 0xc2b2_ae3d_27d4_eb4f, 400, 48);
 }
 
+/// The IDT of [`run_linked`] (256 empty gates unless a piece fills some).
+const IDT: usize = 0x6000;
+
 /// Runs `pieces` (address, bytes) in 64-bit code from 0x10000 with native blocks from their
 /// first run and a budget that lets links be followed; returns EDX at HLT.
 fn run_linked(pieces: &[(usize, &[u8])], page_table: bool) -> u64 {
     let mut cpu = cpu(true, &mut Rng(7));
     cpu.state.rip = 0x10000;
     cpu.state.gpr[2] = 0;
+    cpu.state.idt = hv::TableRegister {
+        base: IDT as u64,
+        limit: 0xfff,
+    };
     let mem: Vec<AtomicU8> = (0..RAM).map(|_| AtomicU8::new(0)).collect();
     tables(&mem);
     let put = |at: usize, bytes: &[u8]| {
@@ -561,6 +618,38 @@ fn run_linked(pieces: &[(usize, &[u8])], page_table: bool) -> u64 {
     cpu.set_native_code(Box::new(ExecMemory::new().expect("executable memory")), 0);
     run_to_halt(&mut cpu, &mem, Some(tracker), 10_000);
     cpu.state.gpr[2]
+}
+
+#[test]
+fn native_divisions_the_host_would_fault_on_raise_divide_error_in_the_guest() {
+    // #DE: an interrupt gate to a handler at 0x11000 that sets EDX to 0xde.
+    let gate: u64 = 0x1000 | (0x18 << 16) | (0x8e00 << 32) | (1 << 48);
+    let handler: &[u8] = &[0xba, 0xde, 0, 0, 0, 0xf4];
+    let cases: [&[u8]; 3] = [
+        // xor edx, edx; xor ecx, ecx; mov eax, 5; div rcx
+        &[
+            0x31, 0xd2, 0x31, 0xc9, 0xb8, 5, 0, 0, 0, 0x48, 0xf7, 0xf1, 0xf4,
+        ],
+        // mov edx, 1; mov ecx, 1; mov eax, 5; div rcx (the quotient needs 65 bits)
+        &[
+            0xba, 1, 0, 0, 0, 0xb9, 1, 0, 0, 0, 0xb8, 5, 0, 0, 0, 0x48, 0xf7, 0xf1, 0xf4,
+        ],
+        // the same with div ecx (33 bits)
+        &[
+            0xba, 1, 0, 0, 0, 0xb9, 1, 0, 0, 0, 0xb8, 5, 0, 0, 0, 0xf7, 0xf1, 0xf4,
+        ],
+    ];
+    for code in cases {
+        let edx = run_linked(
+            &[
+                (IDT, &gate.to_le_bytes()),
+                (0x11000, handler),
+                (0x10000, code),
+            ],
+            false,
+        );
+        assert_eq!(edx, 0xde, "{code:02x?}");
+    }
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub(crate) struct Gpr {
 }
 
 impl Gpr {
-    fn of(r: Register) -> Option<Self> {
+    pub(crate) fn of(r: Register) -> Option<Self> {
         let full = r.full_register();
         if !full.is_gpr64() {
             return None;
@@ -96,7 +96,7 @@ pub(crate) struct MemOp {
 
 impl MemOp {
     /// The memory operand of `i` (mirrors `Cpu::ea`), if it has a plain one of 1 to 8 bytes.
-    fn of(i: &Instruction, bits: u32) -> Option<Self> {
+    pub(crate) fn of(i: &Instruction, bits: u32) -> Option<Self> {
         let size = i.memory_size().size();
         if !(1..=8).contains(&size) {
             return None;

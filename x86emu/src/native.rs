@@ -166,20 +166,37 @@ const E_HOST: i32 = std::mem::offset_of!(RamEntry, host) as i32;
 const E_PHYS: i32 = std::mem::offset_of!(RamEntry, phys) as i32;
 const E_CODE: i32 = std::mem::offset_of!(RamEntry, code) as i32;
 
-/// Near CALL and RET, which have no fast form but a native one.
+/// Near CALL, JMP and RET, which have no fast form but a native one.
 #[derive(Clone, Copy)]
 enum Branch {
     /// CALL to a constant target, pushing `size` bytes.
     Call { size: u8, target: u64 },
     /// RET without an immediate, popping `size` bytes.
     Ret { size: u8 },
+    /// CALL (`call`, pushing `size` bytes) or JMP to the `size`-byte target in a register or
+    /// memory.
+    Indirect { call: bool, size: u8, src: Source },
+}
+
+/// Where an indirect branch reads its target.
+#[derive(Clone, Copy)]
+enum Source {
+    Reg(Gpr),
+    Mem(MemOp),
 }
 
 impl Branch {
     fn size(self) -> u8 {
         match self {
-            Branch::Call { size, .. } | Branch::Ret { size } => size,
+            Branch::Call { size, .. } | Branch::Ret { size } | Branch::Indirect { size, .. } => {
+                size
+            }
         }
+    }
+
+    /// True when it pushes or pops.
+    fn uses_stack(self) -> bool {
+        !matches!(self, Branch::Indirect { call: false, .. })
     }
 }
 
@@ -187,7 +204,22 @@ impl Branch {
 /// code size, a target the interpreter would not fault on.
 fn branch(i: &iced_x86::Instruction, view: &DataView) -> Option<Branch> {
     use iced_x86::Code as C;
+    let long = view.cs_limit == u64::MAX;
+    let indirect = |call: bool, size: u8| {
+        let src = if i.op0_kind() == iced_x86::OpKind::Register {
+            Source::Reg(Gpr::of(i.op0_register())?)
+        } else {
+            let m = MemOp::of(i, if long { 64 } else { 32 })?;
+            view.direct(m.seg as usize, m.amask, false)
+                .then_some(Source::Mem(m))?
+        };
+        Some(Branch::Indirect { call, size, src })
+    };
     let b = match i.code() {
+        C::Call_rm64 => indirect(true, 8)?,
+        C::Call_rm32 => indirect(true, 4)?,
+        C::Jmp_rm64 => indirect(false, 8)?,
+        C::Jmp_rm32 => indirect(false, 4)?,
         C::Call_rel32_64 => Branch::Call {
             size: 8,
             target: i.near_branch_target(),
@@ -203,18 +235,48 @@ fn branch(i: &iced_x86::Instruction, view: &DataView) -> Option<Branch> {
     let target_ok = match b {
         Branch::Call { size: 8, target } => crate::mmu::canonical(target),
         Branch::Call { target, .. } => target <= view.cs_limit,
-        Branch::Ret { .. } => true,
+        // Checked as the code runs.
+        Branch::Ret { .. } | Branch::Indirect { .. } => true,
     };
-    let long = view.cs_limit == u64::MAX;
-    let stack = view.direct(crate::state::seg::SS, view.stack_mask, true);
+    let stack = !b.uses_stack() || view.direct(crate::state::seg::SS, view.stack_mask, true);
     (stack && target_ok && long == (b.size() == 8)).then_some(b)
+}
+
+/// One-operand MUL or DIV (`div`) of `size` bytes (4 or 8), which have no fast form but a
+/// native one, by a register or memory.
+#[derive(Clone, Copy)]
+struct Wide {
+    div: bool,
+    size: u8,
+    src: Source,
+}
+
+/// The native MUL or DIV form of `i` under `view`, if it has one.
+fn wide(i: &iced_x86::Instruction, view: &DataView) -> Option<Wide> {
+    use iced_x86::Code as C;
+    let (div, size) = match i.code() {
+        C::Mul_rm64 => (false, 8),
+        C::Mul_rm32 => (false, 4),
+        C::Div_rm64 => (true, 8),
+        C::Div_rm32 => (true, 4),
+        _ => return None,
+    };
+    let src = if i.op0_kind() == iced_x86::OpKind::Register {
+        Source::Reg(Gpr::of(i.op0_register())?)
+    } else {
+        let bits = if view.cs_limit == u64::MAX { 64 } else { 32 };
+        let m = MemOp::of(i, bits)?;
+        view.direct(m.seg as usize, m.amask, false)
+            .then_some(Source::Mem(m))?
+    };
+    Some(Wide { div, size, src })
 }
 
 /// True when `d` has a native form under `view`.
 fn supported(d: &Decoded, view: &DataView) -> bool {
     let mem = |m: &MemOp, write: bool| view.direct(m.seg as usize, m.amask, write);
     match &d.fast {
-        Fast::Generic => branch(&d.insn, view).is_some(),
+        Fast::Generic => branch(&d.insn, view).is_some() || wide(&d.insn, view).is_some(),
         // By CL: 32- and 64-bit operands, where the host's CF is defined for every count.
         Fast::ShiftRCl { op, r } => r.size >= 4 && !rotate(*op),
         Fast::ImulRR { .. } => true,
@@ -265,14 +327,23 @@ struct Props {
     exit_after: bool,
 }
 
-fn props(f: &Fast) -> Props {
+fn props(d: &Decoded, view: &DataView) -> Props {
     let mut p = Props::default();
-    match *f {
-        // Native CALL and RET (see `branch`).
-        Fast::Generic => {
-            p.exit_before = true;
-            p.exit_after = true;
-        }
+    match d.fast {
+        Fast::Generic => match wide(&d.insn, view) {
+            // DIV keeps the flags (the interpreter's choice for the undefined ones); MUL sets
+            // them all.
+            Some(w) => {
+                p.reads = w.div;
+                p.writes = !w.div;
+                p.exit_before = true;
+            }
+            // Native CALL, JMP and RET (see `branch`).
+            None => {
+                p.exit_before = true;
+                p.exit_after = true;
+            }
+        },
         Fast::ImulRR { .. } => p.writes = true,
         Fast::ImulRM { .. } => {
             p.writes = true;
@@ -369,7 +440,7 @@ pub(crate) fn compile(
     let mut live = true;
     for i in (0..n).rev() {
         let p = if native[i] {
-            props(&insns[i].fast)
+            props(&insns[i], view)
         } else {
             // Left to the interpreter: the code is left before it.
             Props {
@@ -414,7 +485,7 @@ pub(crate) fn compile(
         .iter()
         .zip(&native)
         .filter(|(_, &x)| x)
-        .fold(0u8, |s, (d, _)| s | segments(&d.fast));
+        .fold(0u8, |s, (d, _)| s | segments(d, view));
     Some(Compiled {
         code: r.inner.code_buffer,
         entries,
@@ -424,9 +495,9 @@ pub(crate) fn compile(
     })
 }
 
-/// The segments (a bit per index) the native form of `f` accesses memory through.
-fn segments(f: &Fast) -> u8 {
-    match f {
+/// The segments (a bit per index) the native form of `d` accesses memory through under `view`.
+fn segments(d: &Decoded, view: &DataView) -> u8 {
+    match &d.fast {
         Fast::Load { m, .. }
         | Fast::AluRM { m, .. }
         | Fast::CmovRM { m, .. }
@@ -436,9 +507,19 @@ fn segments(f: &Fast) -> u8 {
         | Fast::AluMR { m, .. }
         | Fast::AluMI { m, .. }
         | Fast::IncDecM { m, .. } => 1 << (m.seg & 7),
-        // Stack accesses: PUSH, POP and the native CALL and RET.
-        Fast::Push { .. } | Fast::PushI { .. } | Fast::Pop { .. } | Fast::Generic => {
-            1 << crate::state::seg::SS
+        // Stack accesses: PUSH, POP and the native CALL and RET; an indirect branch's target.
+        Fast::Push { .. } | Fast::PushI { .. } | Fast::Pop { .. } => 1 << crate::state::seg::SS,
+        Fast::Generic => {
+            let (stack, src) = match (branch(&d.insn, view), wide(&d.insn, view)) {
+                (Some(Branch::Indirect { call, src, .. }), _) => (call, Some(src)),
+                (_, Some(w)) => (false, Some(w.src)),
+                _ => (true, None),
+            };
+            let stack = if stack { 1 << crate::state::seg::SS } else { 0 };
+            match src {
+                Some(Source::Mem(m)) => stack | 1 << (m.seg & 7),
+                _ => stack,
+            }
         }
         _ => 0,
     }
@@ -520,6 +601,8 @@ enum Stub {
     Left { done: usize, rip: u64 },
     /// A store to a page with cached code (the page number is in r10).
     CodeWrite { done: usize, rip: u64 },
+    /// As `CodeWrite`, going on at the RIP already in the frame.
+    CodeWriteTo { done: usize },
 }
 
 struct Gen<'v> {
@@ -607,6 +690,14 @@ impl Gen<'_> {
                     self.a.shl(r10, 12)?;
                     self.a.mov(qword_ptr(rdi + F_NOTE), r10)?;
                     self.exit(done, rip, EXIT_CODE_WRITE)?;
+                }
+                Stub::CodeWriteTo { done } => {
+                    self.a.shl(r10, 12)?;
+                    self.a.mov(qword_ptr(rdi + F_NOTE), r10)?;
+                    self.a.mov(qword_ptr(rdi + F_DONE), done as i32)?;
+                    self.a
+                        .mov(qword_ptr(rdi + F_EXIT), EXIT_CODE_WRITE as i32)?;
+                    self.a.ret()?;
                 }
             }
         }
@@ -846,8 +937,13 @@ impl Gen<'_> {
     /// After a store through the entry in rdx: leaves the code when the page holds cached
     /// code. Clobbers r9, r10 and the flags.
     fn code_check(&mut self, done: usize, rip: u64) -> Res {
-        self.host_flags = false;
         let stub = self.stub(Stub::CodeWrite { done, rip });
+        self.code_check_to(stub)
+    }
+
+    /// As [`Gen::code_check`], leaving through `stub`.
+    fn code_check_to(&mut self, stub: CodeLabel) -> Res {
+        self.host_flags = false;
         self.a.mov(r9, qword_ptr(rdx + E_CODE))?;
         self.a.mov(r9, qword_ptr(r9))?;
         self.a.mov(r10, qword_ptr(rdx + E_PHYS))?;
@@ -1214,8 +1310,14 @@ impl Gen<'_> {
             Fast::Generic => match branch(&d.insn, self.view) {
                 Some(Branch::Call { size, target }) => self.call(i, d, size, target)?,
                 Some(Branch::Ret { size }) => self.ret(i, d, size)?,
-                // Not reached (see `supported`); the interpreter runs it.
-                None => self.resume(i, d.insn.ip())?,
+                Some(Branch::Indirect { call, size, src }) => {
+                    self.indirect(i, d, call, size, src, held)?
+                }
+                None => match wide(&d.insn, self.view) {
+                    Some(w) => self.wide(i, d, w, capture, held)?,
+                    // Not reached (see `supported`); the interpreter runs it.
+                    None => self.resume(i, d.insn.ip())?,
+                },
             },
             Fast::ShiftRCl { op, r } => self.shift_cl(op, r, capture)?,
         }
@@ -1245,25 +1347,32 @@ impl Gen<'_> {
         }
         self.host_flags = false;
         if capture {
-            // OF (and CF, the same) in r10; SF and PF of the result from TEST.
-            self.a.seto(r10b)?;
-            self.a.movzx(r10d, r10b)?;
-            match size {
-                8 => self.a.test(rax, rax)?,
-                4 => self.a.test(eax, eax)?,
-                _ => self.a.test(ax, ax)?,
-            }
-            self.a.mov(r9, rax)?;
-            self.a.lahf()?;
-            self.a.movzx(ecx, ah)?;
-            self.a
-                .and(ecx, ((crate::alu::SF | crate::alu::PF) | 2) as i32)?;
-            self.a.or(ecx, r10d)?;
-            self.a.shl(ecx, 8)?;
-            self.a.or(ecx, r10d)?;
-            self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
-            self.a.mov(rax, r9)?;
+            self.mul_flags(size)?;
         }
+        Ok(())
+    }
+
+    /// Writes the flags of a MUL or IMUL just made to the frame: CF and OF the host's, SF and
+    /// PF of the low half in rax, ZF and AF clear. Keeps rax and rdx.
+    fn mul_flags(&mut self, size: u8) -> Res {
+        // OF (and CF, the same) in r10; SF and PF of the result from TEST.
+        self.a.seto(r10b)?;
+        self.a.movzx(r10d, r10b)?;
+        match size {
+            8 => self.a.test(rax, rax)?,
+            4 => self.a.test(eax, eax)?,
+            _ => self.a.test(ax, ax)?,
+        }
+        self.a.mov(r9, rax)?;
+        self.a.lahf()?;
+        self.a.movzx(ecx, ah)?;
+        self.a
+            .and(ecx, ((crate::alu::SF | crate::alu::PF) | 2) as i32)?;
+        self.a.or(ecx, r10d)?;
+        self.a.shl(ecx, 8)?;
+        self.a.or(ecx, r10d)?;
+        self.a.mov(qword_ptr(rdi + F_FLAGS), rcx)?;
+        self.a.mov(rax, r9)?;
         Ok(())
     }
 
@@ -1324,6 +1433,114 @@ impl Gen<'_> {
             self.a.ja(slow)?;
         }
         self.set_rsp()?;
+        self.jump(i + 1)
+    }
+
+    /// One-operand MUL or DIV of RDX:RAX (EDX:EAX) by a register or memory. A DIV the
+    /// interpreter would raise #DE for (a zero divisor, a quotient that does not fit) goes back
+    /// to it, before the instruction.
+    fn wide(
+        &mut self,
+        i: usize,
+        d: &Decoded,
+        w: Wide,
+        capture: bool,
+        held: Option<(u8, H)>,
+    ) -> Res {
+        match w.src {
+            Source::Reg(g) => self.load_held(g, H::Cx, held)?,
+            Source::Mem(m) => {
+                self.mem(i, d, m, false, held)?;
+                self.load_mem(w.size, H::Cx)?;
+            }
+        }
+        use iced_x86::Register as R;
+        let (acc, data) = match w.size {
+            8 => (Gpr::of(R::RAX), Gpr::of(R::RDX)),
+            _ => (Gpr::of(R::EAX), Gpr::of(R::EDX)),
+        };
+        let (Some(acc), Some(data)) = (acc, data) else {
+            return self.resume(i, d.insn.ip());
+        };
+        self.load(acc, H::Ax)?;
+        self.a.mov(rdx, qword_ptr(rsi + 2 * 8))?;
+        self.host_flags = false;
+        if w.div {
+            let slow = self.stub(Stub::Resume {
+                done: i,
+                rip: d.insn.ip(),
+            });
+            if w.size == 8 {
+                self.a.cmp(rdx, rcx)?;
+                self.a.jae(slow)?;
+                self.a.div(rcx)?;
+            } else {
+                self.a.cmp(edx, ecx)?;
+                self.a.jae(slow)?;
+                self.a.div(ecx)?;
+            }
+        } else {
+            if w.size == 8 {
+                self.a.mul(rcx)?;
+            } else {
+                self.a.mul(ecx)?;
+            }
+            if capture {
+                self.mul_flags(w.size)?;
+            }
+        }
+        self.a.mov(r9, rdx)?;
+        self.store(acc, H::Ax)?;
+        self.a.mov(rax, r9)?;
+        self.store(data, H::Ax)
+    }
+
+    /// Indirect CALL (`call`) or JMP: reads the `size`-byte target, checks it as the
+    /// interpreter would (a target it faults on goes back to it, before the instruction),
+    /// pushes the return address for a CALL and goes on through the jump cache.
+    fn indirect(
+        &mut self,
+        i: usize,
+        d: &Decoded,
+        call: bool,
+        size: u8,
+        src: Source,
+        held: Option<(u8, H)>,
+    ) -> Res {
+        let slow = self.stub(Stub::Resume {
+            done: i,
+            rip: d.insn.ip(),
+        });
+        match src {
+            Source::Reg(g) => self.load_held(g, H::Cx, held)?,
+            Source::Mem(m) => {
+                self.mem(i, d, m, false, held)?;
+                self.load_mem(size, H::Cx)?;
+            }
+        }
+        self.host_flags = false;
+        if size == 8 {
+            self.a.mov(rax, rcx)?;
+            self.a.shl(rax, 16)?;
+            self.a.sar(rax, 16)?;
+            self.a.cmp(rax, rcx)?;
+            self.a.jne(slow)?;
+        } else {
+            self.a.mov(rax, self.view.cs_limit)?;
+            self.a.cmp(rcx, rax)?;
+            self.a.ja(slow)?;
+        }
+        if call {
+            // The target waits in the frame while the return address is pushed.
+            self.a.mov(qword_ptr(rdi + F_RIP), rcx)?;
+            self.stack_push(i, d, size)?;
+            self.a.mov(rcx, d.next)?;
+            self.store_mem(size)?;
+            self.set_rsp()?;
+            let stub = self.stub(Stub::CodeWriteTo { done: i + 1 });
+            self.code_check_to(stub)?;
+            self.a.mov(rcx, qword_ptr(rdi + F_RIP))?;
+        }
         self.jump(i + 1)
     }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alu;
+mod asm;
 mod block;
 pub mod cache;
 pub mod cpu;

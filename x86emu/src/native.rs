@@ -36,10 +36,10 @@
 //! [`Compiled::segs`]), so code that never touches FS is not made again when FS moves.
 
 use crate::alu::{Shift, AF, OF};
+use crate::asm::*;
 use crate::block::{AluOp, Fast, Gpr, MemOp};
 use crate::cache::{Decoded, Flow, RamEntry};
 use crate::mmu::DataView;
-use iced_x86::code_asm::*;
 use iced_x86::ConditionCode;
 
 /// What native code reads and writes besides guest registers and RAM. Its address is the
@@ -453,7 +453,7 @@ pub(crate) fn compile(
         live = p.reads || p.exit_before || (live_after && !p.writes);
     }
     let mut g = Gen {
-        a: CodeAssembler::new(64).ok()?,
+        a: Asm::new(),
         view,
         host_flags: false,
         stubs: Vec::new(),
@@ -465,29 +465,23 @@ pub(crate) fn compile(
         sites: Vec::new(),
     };
     let dispatch = g.emit(&insns[..n], &native, &capture).ok()?;
-    let r =
-        g.a.assemble_options(
-            0,
-            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
-        )
-        .ok()?;
     let dispatch = match dispatch {
-        Some(l) => r.label_ip(&l).ok()? as usize,
+        Some(l) => g.a.label_offset(&l)?,
         None => 0,
     };
     let sites = g
         .sites
         .iter()
-        .map(|l| r.label_ip(l).map(|ip| ip as usize))
-        .collect::<Result<Vec<_>, _>>()
-        .ok()?;
+        .map(|l| g.a.label_offset(l))
+        .collect::<Option<Vec<_>>>()?;
+    let code = g.a.finish().ok()?;
     let segs = insns[..n]
         .iter()
         .zip(&native)
         .filter(|(_, &x)| x)
         .fold(0u8, |s, (d, _)| s | segments(d, view));
     Some(Compiled {
-        code: r.inner.code_buffer,
+        code,
         entries,
         dispatch,
         sites,
@@ -569,26 +563,26 @@ enum H {
 }
 
 /// The 64-, 32-, 16- and 8-bit names of a scratch register.
-fn names(h: H) -> (AsmRegister64, AsmRegister32, AsmRegister16, AsmRegister8) {
+fn names(h: H) -> (R64, R32, R16, R8) {
     match h {
         H::Ax => (rax, eax, ax, al),
         H::Cx => (rcx, ecx, cx, cl),
     }
 }
 
-fn q(h: H) -> AsmRegister64 {
+fn q(h: H) -> R64 {
     names(h).0
 }
 
-fn d32(h: H) -> AsmRegister32 {
+fn d32(h: H) -> R32 {
     names(h).1
 }
 
-fn w16(h: H) -> AsmRegister16 {
+fn w16(h: H) -> R16 {
     names(h).2
 }
 
-fn b8(h: H) -> AsmRegister8 {
+fn b8(h: H) -> R8 {
     names(h).3
 }
 
@@ -606,7 +600,7 @@ enum Stub {
 }
 
 struct Gen<'v> {
-    a: CodeAssembler,
+    a: Asm,
     view: &'v DataView,
     /// The host's status flags are the guest's.
     host_flags: bool,
@@ -625,8 +619,6 @@ struct Gen<'v> {
     /// The link slots' JMPs, in slot order.
     sites: Vec<CodeLabel>,
 }
-
-type Res = Result<(), IcedError>;
 
 macro_rules! alu2 {
     ($a:expr, $op:expr, $x:expr, $y:expr) => {
@@ -652,7 +644,7 @@ impl Gen<'_> {
         insns: &[Decoded],
         native: &[bool],
         capture: &[bool],
-    ) -> Result<Option<CodeLabel>, IcedError> {
+    ) -> Result<Option<CodeLabel>, AsmError> {
         self.a.mov(rsi, qword_ptr(rdi + F_GPR))?;
         self.a.mov(r8, qword_ptr(rdi + F_RAM))?;
         if native[0] {
@@ -771,7 +763,7 @@ impl Gen<'_> {
     }
 
     /// The guest register's bytes.
-    fn slot(g: Gpr) -> AsmMemoryOperand {
+    fn slot(g: Gpr) -> Mem {
         rsi + (i32::from(g.idx & 15) * 8 + i32::from(g.shift / 8))
     }
 
@@ -859,7 +851,7 @@ impl Gen<'_> {
     }
 
     /// Keeps the bits of `mask` (all, 32 or 16 bits) of `r`, without touching the flags.
-    fn mask32(&mut self, r32: AsmRegister32, r16: AsmRegister16, mask: u64) -> Res {
+    fn mask32(&mut self, r32: R32, r16: R16, mask: u64) -> Res {
         match mask {
             0xffff => self.a.movzx(r32, r16)?,
             0xffff_ffff => self.a.mov(r32, r32)?,
@@ -1392,7 +1384,7 @@ impl Gen<'_> {
 
     /// The slot of a `size`-byte pop of instruction `i`: its host address in rax, the new
     /// stack offset in r11 (for `set_rsp`). Returns the way out before the instruction.
-    fn stack_pop(&mut self, i: usize, d: &Decoded, size: u8) -> Result<CodeLabel, IcedError> {
+    fn stack_pop(&mut self, i: usize, d: &Decoded, size: u8) -> Result<CodeLabel, AsmError> {
         let mask = self.view.stack_mask;
         let slow = self.stub(Stub::Resume {
             done: i,

@@ -778,6 +778,8 @@ fn flow_of(i: &Instruction) -> Flow {
         | M::Clc
         | M::Stc
         | M::Cmc
+        // Disabling interrupts makes none deliverable: nothing to ask the stop condition.
+        | M::Cli
         | M::Cld
         | M::Std
         | M::Lahf
@@ -826,8 +828,33 @@ fn flow_of(i: &Instruction) -> Flow {
         M::Movsd | M::Cmpsd if !matches!(i.op0_kind(), OpKind::Register | OpKind::Memory) => {
             Flow::Next
         }
+        _ if fpu_or_simd(i) => Flow::Next,
         _ => Flow::Exit,
     }
+}
+
+/// True for x87, MMX and SSE instructions (FXSAVE/FXRSTOR included): they change nothing the
+/// block engine or the stop condition depends on.
+fn fpu_or_simd(i: &Instruction) -> bool {
+    use iced_x86::CpuidFeature as F;
+    let f = i.cpuid_features();
+    !f.is_empty()
+        && f.iter().all(|x| {
+            matches!(
+                x,
+                F::FPU
+                    | F::FPU287
+                    | F::FPU387
+                    | F::MMX
+                    | F::SSE
+                    | F::SSE2
+                    | F::SSE3
+                    | F::SSSE3
+                    | F::SSE4_1
+                    | F::SSE4_2
+                    | F::FXSR
+            )
+        })
 }
 
 /// The block engine's form of the decoded instruction `insn` of `bits`-bit code.
@@ -2092,6 +2119,43 @@ impl Lazy {
             bits: bits as u8,
             a,
             b,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(bytes: &[u8]) -> Flow {
+        let mut d = iced_x86::Decoder::new(64, bytes, iced_x86::DecoderOptions::NONE);
+        flow_of(&d.decode())
+    }
+
+    #[test]
+    fn only_instructions_that_change_the_mode_or_may_enable_interrupts_end_a_block_for_a_check() {
+        // CLI, PXOR xmm0, xmm1, MOVDQU xmm0, [rax], FLD1, FXSAVE [rax], EMMS.
+        for bytes in [
+            &[0xfa][..],
+            &[0x66, 0x0f, 0xef, 0xc1],
+            &[0xf3, 0x0f, 0x6f, 0x00],
+            &[0xd9, 0xe8],
+            &[0x0f, 0xae, 0x00],
+            &[0x0f, 0x77],
+        ] {
+            assert!(matches!(flow(bytes), Flow::Next), "{bytes:02x?}");
+        }
+        // STI, POPFQ, IRETQ, MOV CR3, RAX, OUT DX, AL, HLT, WRMSR.
+        for bytes in [
+            &[0xfb][..],
+            &[0x9d],
+            &[0x48, 0xcf],
+            &[0x0f, 0x22, 0xd8],
+            &[0xee],
+            &[0xf4],
+            &[0x0f, 0x30],
+        ] {
+            assert!(matches!(flow(bytes), Flow::Exit), "{bytes:02x?}");
         }
     }
 }

@@ -945,16 +945,22 @@ impl Cpu {
             } else if let Some(i) = ctx.and_then(|c| self.block_in_page(c, bus, epoch)) {
                 Some(i)
             } else {
+                // While a fetch context holds, only block-continuing instructions ran since the
+                // view was made (the same reason the in-page path keeps it), and the bus lends
+                // the same RAM for the whole run: only a new page needs the full lookup.
+                let view_holds = ctx.is_some();
                 match self.block_for_rip(bus, epoch) {
                     Some((i, c)) => {
                         *ctx = c;
-                        let new = self.data_view();
-                        if !new.same(&view) {
-                            pending.slot = 0;
-                            number.0 = u64::MAX;
+                        if !view_holds {
+                            let new = self.data_view();
+                            if !new.same(&view) {
+                                pending.slot = 0;
+                                number.0 = u64::MAX;
+                            }
+                            view = new;
+                            self.check_ram_regions(bus);
                         }
-                        view = new;
-                        self.check_ram_regions(bus);
                         Some(i)
                     }
                     None => None,

@@ -9,7 +9,7 @@ use x86emu::{NativeCode, NativeFrame};
 
 /// Runs of a block before it is translated to host code (code that runs fewer times is
 /// interpreted from its decoded form, which costs less than translating it).
-pub(crate) const THRESHOLD: u32 = 64;
+pub(crate) const THRESHOLD: u32 = 32;
 
 /// Bytes of code memory per virtual processor.
 const SIZE: usize = 32 << 20;

@@ -212,7 +212,7 @@ pub(crate) struct RamPlace {
 /// user one (the permissions the translation checked), and a valid bit.
 #[inline(always)]
 pub(crate) fn ram_key(lin: u64, paging: bool, user: bool) -> u64 {
-    (lin >> 12 << 3) | (u64::from(paging) << 2) | (u64::from(user) << 1) | 1
+    (lin & !0xfff) | (u64::from(paging) << 2) | (u64::from(user) << 1) | 1
 }
 
 /// Sizes of large pages (offset masks): 2 MiB, 4 MiB, 1 GiB.
@@ -315,7 +315,7 @@ impl Tlb {
     /// `write`. A write fill keeps nothing else; a read fill keeps the write permission of
     /// the same page and place. `global`: the page's translation is global.
     pub(crate) fn ram_insert(&mut self, key: u64, place: RamPlace, write: bool, global: bool) {
-        let i = ((key >> 3) as usize) & (RAM_ENTRIES - 1);
+        let i = ((key >> 12) as usize) & (RAM_ENTRIES - 1);
         let e = &mut self.ram[i];
         let writable = write
             || (e.write == key

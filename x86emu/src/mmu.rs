@@ -643,7 +643,7 @@ impl Cpu {
             return None;
         }
         let e = self.tlb.ram_entry(lin);
-        let key = (lin >> 12 << 3) | v.key;
+        let key = (lin & !0xfff) | v.key;
         if (if write { e.write } else { e.read }) != key {
             return None;
         }

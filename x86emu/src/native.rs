@@ -808,13 +808,20 @@ impl Gen<'_> {
 
     /// Writes a guest register (a 32-bit write clears the upper half).
     fn store(&mut self, g: Gpr, h: H) -> Res {
+        if g.size == 4 {
+            self.a.mov(d32(h), d32(h))?;
+        }
+        self.store_zx(g, h)
+    }
+
+    /// Writes a guest register as [`Gen::store`] does, from a scratch register whose upper
+    /// half is already clear when the register is a 32-bit one (the value of a 32-bit host
+    /// operation or load).
+    fn store_zx(&mut self, g: Gpr, h: H) -> Res {
         let m = Self::slot(g);
         match g.size {
             8 => self.a.mov(qword_ptr(m), q(h)),
-            4 => {
-                self.a.mov(d32(h), d32(h))?;
-                self.a.mov(qword_ptr(m), q(h))
-            }
+            4 => self.a.mov(qword_ptr(m), q(h)),
             2 => self.a.mov(word_ptr(m), w16(h)),
             _ => self.a.mov(byte_ptr(m), b8(h)),
         }
@@ -916,8 +923,7 @@ impl Gen<'_> {
         // The key of the last byte's page: an access that crosses into the next page does
         // not match the entry of the first.
         self.a.lea(rcx, qword_ptr(rax + (i32::from(size) - 1)))?;
-        self.a.shr(rcx, 9)?;
-        self.a.and(rcx, -8)?;
+        self.a.and(rcx, -0x1000)?;
         self.a.or(rcx, self.view.key as i32)?;
         self.a
             .cmp(rcx, qword_ptr(rdx + if write { E_WRITE } else { E_READ }))?;
@@ -1095,7 +1101,7 @@ impl Gen<'_> {
             Fast::Nop => {}
             Fast::MovRR { dst, src } => {
                 self.load_held(src, H::Ax, held)?;
-                self.store(dst, H::Ax)?;
+                self.store_zx(dst, H::Ax)?;
             }
             Fast::MovRI { dst, imm } => {
                 self.mov_imm(H::Ax, imm)?;
@@ -1126,7 +1132,7 @@ impl Gen<'_> {
                     _ => self.a.neg(al)?,
                 }
                 self.flags_out(capture)?;
-                self.store(r, H::Ax)?;
+                self.store_zx(r, H::Ax)?;
             }
             Fast::IncDec { inc, r } => {
                 self.load_held(r, H::Ax, held)?;
@@ -1142,7 +1148,7 @@ impl Gen<'_> {
                     (_, false) => self.a.dec(al)?,
                 }
                 self.flags_out(capture)?;
-                self.store(r, H::Ax)?;
+                self.store_zx(r, H::Ax)?;
             }
             Fast::AluRR { op, dst, src } => {
                 self.load_held(dst, H::Ax, held)?;
@@ -1151,7 +1157,7 @@ impl Gen<'_> {
                 self.alu_rr(op, dst.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
-                    self.store(dst, H::Ax)?;
+                    self.store_zx(dst, H::Ax)?;
                 }
             }
             Fast::AluRI { op, dst, imm } => {
@@ -1160,7 +1166,7 @@ impl Gen<'_> {
                 self.alu_rr(op, dst.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
-                    self.store(dst, H::Ax)?;
+                    self.store_zx(dst, H::Ax)?;
                 }
             }
             Fast::AluRM { op, dst, m } => {
@@ -1170,7 +1176,7 @@ impl Gen<'_> {
                 self.alu_rr(op, dst.size)?;
                 self.flags_out(capture)?;
                 if writes_back(op) {
-                    self.store(dst, H::Ax)?;
+                    self.store_zx(dst, H::Ax)?;
                 }
             }
             Fast::AluMR { op, m, src } => {
@@ -1196,8 +1202,10 @@ impl Gen<'_> {
                 self.load_mem(m.size, H::Cx)?;
                 if sign {
                     self.sign_extend(m.size, H::Cx)?;
+                    self.store(dst, H::Cx)?;
+                } else {
+                    self.store_zx(dst, H::Cx)?;
                 }
-                self.store(dst, H::Cx)?;
             }
             Fast::StoreR { m, src } => {
                 self.mem(i, d, m, true, held)?;
@@ -1248,13 +1256,13 @@ impl Gen<'_> {
                 } else {
                     self.a.bswap(eax)?;
                 }
-                self.store(r, H::Ax)?;
+                self.store_zx(r, H::Ax)?;
             }
             Fast::Pop { dst } => {
                 self.stack_pop(i, d, dst.size)?;
                 self.load_mem(dst.size, H::Cx)?;
                 self.set_rsp()?;
-                self.store(dst, H::Cx)?;
+                self.store_zx(dst, H::Cx)?;
             }
             Fast::Jcc { cc, target } => {
                 self.flags_in()?;
@@ -1588,7 +1596,7 @@ impl Gen<'_> {
         let c = shift_count(r, count);
         self.load(r, H::Ax)?;
         if c == 0 {
-            return self.store(r, H::Ax);
+            return self.store_zx(r, H::Ax);
         }
         self.a.mov(rdx, rax)?;
         let c = u32::from(c);
@@ -1617,7 +1625,7 @@ impl Gen<'_> {
                 self.shift_flags(op, r.size)?;
             }
         }
-        self.store(r, H::Ax)
+        self.store_zx(r, H::Ax)
     }
 
     /// SHL/SAL/SHR/SAR of a 32- or 64-bit register by CL (a masked count of 0 keeps the
@@ -1648,7 +1656,7 @@ impl Gen<'_> {
         }
         self.a.set_label(&mut skip)?;
         self.host_flags = false;
-        self.store(r, H::Ax)
+        self.store_zx(r, H::Ax)
     }
 
     /// The guest flags after a shift (host flags) of the value in rdx: AF cleared, OF as for a

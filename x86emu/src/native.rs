@@ -905,7 +905,7 @@ impl Gen<'_> {
     }
 
     /// Turns the offset in rax into the host address of `size` bytes of RAM in segment
-    /// `seg`, or goes to `slow`. Leaves the RAM entry's address in rdx; clobbers rcx and the
+    /// `seg`, or goes to `slow`. Leaves the RAM entry's offset in the table (r8) in rdx; clobbers rcx and the
     /// flags.
     fn lookup(&mut self, seg: usize, size: u8, write: bool, slow: CodeLabel) -> Res {
         self.host_flags = false;
@@ -919,20 +919,21 @@ impl Gen<'_> {
         self.a.shr(edx, 6)?;
         self.a
             .and(edx, ((crate::cache::RAM_ENTRIES - 1) << 6) as i32)?;
-        self.a.add(rdx, r8)?;
         // The key of the last byte's page: an access that crosses into the next page does
         // not match the entry of the first.
         self.a.lea(rcx, qword_ptr(rax + (i32::from(size) - 1)))?;
         self.a.and(rcx, -0x1000)?;
         self.a.or(rcx, self.view.key as i32)?;
-        self.a
-            .cmp(rcx, qword_ptr(rdx + if write { E_WRITE } else { E_READ }))?;
+        self.a.cmp(
+            rcx,
+            qword_ptr(r8 + rdx + if write { E_WRITE } else { E_READ }),
+        )?;
         self.a.jne(slow)?;
         self.a.and(eax, 0xfff)?;
-        self.a.add(rax, qword_ptr(rdx + E_HOST))
+        self.a.add(rax, qword_ptr(r8 + rdx + E_HOST))
     }
 
-    /// After a store through the entry in rdx: leaves the code when the page holds cached
+    /// After a store through the entry at r8 + rdx: leaves the code when the page holds cached
     /// code. Clobbers r9, r10 and the flags.
     fn code_check(&mut self, done: usize, rip: u64) -> Res {
         let stub = self.stub(Stub::CodeWrite { done, rip });
@@ -942,9 +943,9 @@ impl Gen<'_> {
     /// As [`Gen::code_check`], leaving through `stub`.
     fn code_check_to(&mut self, stub: CodeLabel) -> Res {
         self.host_flags = false;
-        self.a.mov(r9, qword_ptr(rdx + E_CODE))?;
+        self.a.mov(r9, qword_ptr(r8 + rdx + E_CODE))?;
         self.a.mov(r9, qword_ptr(r9))?;
-        self.a.mov(r10, qword_ptr(rdx + E_PHYS))?;
+        self.a.mov(r10, qword_ptr(r8 + rdx + E_PHYS))?;
         self.a.shr(r10, 12)?;
         // The bit of the page (BT takes the offset modulo 64).
         self.a.bt(r9, r10)?;

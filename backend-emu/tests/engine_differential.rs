@@ -196,8 +196,16 @@ fn instruction(rng: &mut Rng, long: bool) -> Vec<u8> {
             v.extend(imm(rng, if short || sz == 1 { 1 } else { sz.min(4) }));
             v
         }
-        // TEST r/m, reg.
-        3 => enc(rng, s, rm, &[0x84 | wide]),
+        // TEST r/m, reg and TEST r/m, imm.
+        3 => {
+            if rng.below(2) == 0 {
+                enc(rng, s, rm, &[0x84 | wide])
+            } else {
+                let mut v = enc(rng, 0, rm, &[0xf6 | wide]);
+                v.extend(imm(rng, sz.min(4)));
+                v
+            }
+        }
         // MOV r/m, reg / reg, r/m / r/m, imm.
         4 => match rng.below(3) {
             0 => enc(rng, s, rm, &[0x88 | wide]),

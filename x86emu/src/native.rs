@@ -997,6 +997,29 @@ impl Gen<'_> {
         }
     }
 
+    /// The ALU operation of `op` on rax (or `[rax]`, `mem`) and the immediate `imm` (masked to
+    /// `size` bytes; 64-bit operations take a sign-extended 32-bit one). False when `imm`
+    /// has no immediate form, and nothing was made.
+    fn alu_imm(&mut self, op: AluOp, size: u8, imm: u64, mem: bool) -> Result<bool, AsmError> {
+        if size == 8 && i64::from(imm as i32) != imm as i64 {
+            return Ok(false);
+        }
+        if reads_carry(op) {
+            self.flags_in()?;
+        }
+        match (size, mem) {
+            (8, false) => alu2!(self.a, op, rax, imm),
+            (4, false) => alu2!(self.a, op, eax, imm),
+            (2, false) => alu2!(self.a, op, ax, imm),
+            (_, false) => alu2!(self.a, op, al, imm),
+            (8, true) => alu2!(self.a, op, qword_ptr(rax), imm),
+            (4, true) => alu2!(self.a, op, dword_ptr(rax), imm),
+            (2, true) => alu2!(self.a, op, word_ptr(rax), imm),
+            (_, true) => alu2!(self.a, op, byte_ptr(rax), imm),
+        }?;
+        Ok(true)
+    }
+
     fn alu_mr(&mut self, op: AluOp, size: u8) -> Res {
         if reads_carry(op) {
             self.flags_in()?;
@@ -1163,8 +1186,10 @@ impl Gen<'_> {
             }
             Fast::AluRI { op, dst, imm } => {
                 self.load_held(dst, H::Ax, held)?;
-                self.mov_imm(H::Cx, imm)?;
-                self.alu_rr(op, dst.size)?;
+                if !self.alu_imm(op, dst.size, imm, false)? {
+                    self.mov_imm(H::Cx, imm)?;
+                    self.alu_rr(op, dst.size)?;
+                }
                 self.flags_out(capture)?;
                 if writes_back(op) {
                     self.store_zx(dst, H::Ax)?;
@@ -1191,8 +1216,10 @@ impl Gen<'_> {
             }
             Fast::AluMI { op, m, imm } => {
                 self.mem(i, d, m, writes_back(op), held)?;
-                self.mov_imm(H::Cx, imm)?;
-                self.alu_mr(op, m.size)?;
+                if !self.alu_imm(op, m.size, imm, true)? {
+                    self.mov_imm(H::Cx, imm)?;
+                    self.alu_mr(op, m.size)?;
+                }
                 self.flags_out(capture)?;
                 if writes_back(op) {
                     self.code_check(i + 1, d.next)?;

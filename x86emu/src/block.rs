@@ -1282,7 +1282,7 @@ impl Cpu {
             .wrapping_add(number.1)
             + 1;
         if let Some(n) = &mut b.native {
-            if n.gen == gen && (n.checked == id || b.native_view.same(&view.only(n.segs))) {
+            if n.gen == gen && (n.checked == id || n.view.same(&view.only(n.segs))) {
                 n.checked = id;
                 return Some(*n);
             }
@@ -1330,12 +1330,11 @@ impl Cpu {
             handle,
             entries: c.entries,
             dispatch: c.dispatch,
+            view: view.only(c.segs),
             segs: c.segs,
             checked: id,
         };
-        let b = &mut self.blocks.blocks[idx];
-        b.native = Some(n);
-        b.native_view = view.only(c.segs);
+        self.blocks.blocks[idx].native = Some(n);
         Some(n)
     }
 

@@ -459,29 +459,21 @@ pub(crate) struct Decoded {
 
 /// A run of instructions decoded from one physical page.
 #[derive(Default)]
-///
-/// What a lookup and a run of native code read (tag, epoch, RIP, the instructions and the
-/// native code's handle) comes first, in the block's first two cache lines; the view the
-/// native code was made for is compared only when the view numbering moved.
-#[repr(C, align(64))]
 pub(crate) struct Block {
     /// Physical address, code size and epoch the block was decoded for (`tag` 0 = empty).
     pub(crate) tag: u64,
     pub(crate) epoch: u64,
     /// RIP of the first instruction.
     pub(crate) ip: u64,
-    pub(crate) insns: Vec<Decoded>,
-    /// Host code for the block, if made.
-    pub(crate) native: Option<NativeBlock>,
-    /// Times the block ran since it was decoded (counts up to the native threshold).
-    pub(crate) runs: u32,
     /// Bytes from the first instruction to the end of the last.
     pub(crate) bytes: u64,
     /// Those bytes as decoded (a new epoch keeps the block when they are unchanged).
     pub(crate) raw: Vec<u8>,
-    /// The data view the native code was made for, as far as it depends on it
-    /// (`DataView::only` with its `segs`).
-    pub(crate) native_view: crate::mmu::DataView,
+    pub(crate) insns: Vec<Decoded>,
+    /// Times the block ran since it was decoded (counts up to the native threshold).
+    pub(crate) runs: u32,
+    /// Host code for the block, if made.
+    pub(crate) native: Option<NativeBlock>,
 }
 
 /// Installed host code for a block (see [`crate::native`]).
@@ -494,7 +486,10 @@ pub(crate) struct NativeBlock {
     pub(crate) entries: u64,
     /// Offset of the dispatch entry.
     pub(crate) dispatch: usize,
-    /// The segments its memory accesses go through (the block's `native_view`).
+    /// The data view the code was made for, as far as it depends on it (`DataView::only`
+    /// with `segs`).
+    pub(crate) view: crate::mmu::DataView,
+    /// The segments its memory accesses go through.
     pub(crate) segs: u8,
     /// The view (numbering epoch and number, plus one) the code was last found good for.
     pub(crate) checked: u64,

@@ -741,7 +741,7 @@ pub fn canonical(a: u64) -> bool {
 /// How data accesses through each segment reach RAM without segment checks, fixed while the
 /// segment registers, the mode and the CPL are (the block engine computes it when it looks up
 /// a block the full way, and keeps it while only block-continuing instructions run).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct DataView {
     /// Base added to the offset, per segment (FS and GS in 64-bit mode; 0 otherwise).
     pub(crate) base: [u64; 6],
